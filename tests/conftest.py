@@ -1,0 +1,20 @@
+import os
+
+# Tests run on the CPU with deterministic float32 math, 2 threads like the CI machine.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+from tests.hf_models import ARCHS, save_tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory):
+    """{arch: (directory, torch model)} for every supported architecture."""
+    out = {}
+    for arch in ARCHS:
+        d = str(tmp_path_factory.mktemp(f"tiny-{arch}"))
+        out[arch] = (d, save_tiny_model(arch, d))
+    return out

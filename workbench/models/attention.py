@@ -1,0 +1,66 @@
+"""Attention backends behind one function.
+
+Every backend computes causal (optionally sliding-window) grouped-query attention where the mask is
+derived from positions only: key j is visible to a query at position p when `k_pos[j] <= p` (and
+`p - k_pos[j] < window`). Pad keys carry a huge position so they are never visible; a cache slot not
+yet written lies at a position above every live query, so stale cache contents are never read.
+
+- `xla`: the reference implementation in plain jnp (always available; used by tests).
+- `dot_product_attention`: `jax.nn.dot_product_attention` (cuDNN flash attention on GPU when the
+  shapes allow it, XLA elsewhere). Tested against `xla`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+# Position given to keys that must never be attended to (pads, unwritten slots).
+MASKED_POSITION = jnp.iinfo(jnp.int32).max
+_NEG = -1e30
+
+
+def visibility_mask(q_pos: jnp.ndarray, k_pos: jnp.ndarray, sliding_window: int | None) -> jnp.ndarray:
+    """Boolean `[B, T, S]`: may query t see key s. q_pos `[B, T]`, k_pos `[B, S]`."""
+    mask = k_pos[:, None, :] <= q_pos[:, :, None]
+    if sliding_window is not None:
+        mask &= (q_pos[:, :, None] - k_pos[:, None, :]) < sliding_window
+    return mask
+
+
+def xla_attention(q, k, v, q_pos, k_pos, *, sliding_window=None, scale=None):
+    """q `[B, T, H, D]`, k/v `[B, S, Hkv, D]`, q_pos `[B, T]`, k_pos `[B, S]` -> `[B, T, H, D]`."""
+    B, T, H, D = q.shape
+    Hkv = k.shape[2]
+    scale = D**-0.5 if scale is None else scale
+    qg = q.reshape(B, T, Hkv, H // Hkv, D)  # [B, T, Hkv, G, D]
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
+    mask = visibility_mask(q_pos, k_pos, sliding_window)  # [B, T, S]
+    scores = jnp.where(mask[:, None, None], scores, _NEG)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)  # [B, Hkv, G, T, S]
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)  # [B, T, Hkv, G, D]
+    return out.reshape(B, T, H, D)
+
+
+def dpa_attention(q, k, v, q_pos, k_pos, *, sliding_window=None, scale=None):
+    """`jax.nn.dot_product_attention` with the same position mask (GQA handled by JAX)."""
+    mask = visibility_mask(q_pos, k_pos, sliding_window)[:, None]  # [B, 1, T, S]
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale)
+
+
+BACKENDS: dict[str, Callable] = {
+    "xla": xla_attention,
+    "dot_product_attention": dpa_attention,
+}
+
+
+def get_attention(name: str) -> Callable:
+    """Look up an attention backend by name; unknown names raise ValueError listing the known ones."""
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown attention backend {name!r}; available: {', '.join(sorted(BACKENDS))}"
+        ) from None
