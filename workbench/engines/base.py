@@ -1,0 +1,223 @@
+"""The engine contract shared by vInference, vSurge and eSurge.
+
+Every engine:
+- `generate(prompts, sampling_params=None) -> list[RequestOutput]`: prompts are a str, a list of
+  token ids, or a list of either; one `SamplingParams` for all or one per prompt.
+- `stream(prompt, sampling_params=None) -> Iterator[RequestOutput]`: outputs carry `delta_text`;
+  the last one has `finished=True`.
+- `chat(messages, sampling_params=None, stream=False)`: the tokenizer's chat template with
+  `add_generation_prompt=True`, then `generate` or `stream`.
+- async twins `agenerate`, `astream`, `achat` for servers (the event loop is never blocked).
+- `abort(request_id)`, `metrics()` (a snapshot dict from the shared `MetricsCollector`),
+  `start()`/`stop()` (background engines), `close()` and use as a context manager. Closing frees
+  device memory, so a notebook can build and drop engines repeatedly.
+
+Engines must produce the same tokens for the same request: greedy always, sampled when seeded.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import itertools
+import threading
+import uuid
+from typing import AsyncIterator, Iterator
+
+from workbench.engines.request import Request
+from workbench.engines.types import EngineError, Prompt, PromptTooLongError, RequestOutput
+from workbench.loading.loader import LoadedModel
+from workbench.metrics import MetricsCollector
+from workbench.sampling_params import SamplingParams
+
+
+def _is_token_ids(x) -> bool:
+    return isinstance(x, (list, tuple)) and len(x) > 0 and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in x)
+
+
+class Engine(abc.ABC):
+    """Base class: request building and validation, chat, async twins, lifecycle."""
+
+    engine_name: str = "engine"
+
+    def __init__(self, model: LoadedModel, *, max_model_len: int | None = None):
+        if not isinstance(model, LoadedModel):
+            raise TypeError(f"model must be a LoadedModel (from load_model), got {type(model).__name__}")
+        limit = model.config.max_position_embeddings
+        self.max_model_len = min(max_model_len or min(limit, 4096), limit)
+        if self.max_model_len < 2:
+            raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
+        self.model = model
+        self.tokenizer = model.tokenizer
+        self.eos_token_ids = model.eos_token_ids
+        self.collector = MetricsCollector(self.engine_name, model.name)
+        self._counter = itertools.count()
+        self._closed = False
+        self._lock = threading.RLock()
+
+    # ---- request building -------------------------------------------------------------------
+    def normalize_prompts(self, prompts) -> list[Prompt]:
+        """One prompt or a list of prompts -> list (token-id lists stay token ids)."""
+        if isinstance(prompts, str) or _is_token_ids(prompts):
+            return [prompts]
+        if isinstance(prompts, (list, tuple)) and prompts:
+            for i, p in enumerate(prompts):
+                if not (isinstance(p, str) or _is_token_ids(p)):
+                    raise ValueError(
+                        f"prompt {i} must be a string or a non-empty list of token ids, "
+                        f"got {type(p).__name__}")
+            return list(prompts)
+        raise ValueError("prompts must be a string, a list of token ids, or a non-empty list of them")
+
+    def normalize_params(self, params, count: int) -> list[SamplingParams]:
+        if params is None:
+            return [SamplingParams()] * count
+        if isinstance(params, SamplingParams):
+            return [params] * count
+        if isinstance(params, (list, tuple)) and len(params) == count and all(
+                isinstance(p, SamplingParams) for p in params):
+            return list(params)
+        raise ValueError(
+            f"sampling_params must be a SamplingParams or a list of {count} of them")
+
+    def new_request_id(self) -> str:
+        return f"{self.engine_name}-{next(self._counter)}-{uuid.uuid4().hex[:8]}"
+
+    def make_request(self, prompt: Prompt, params: SamplingParams | None = None, *,
+                     request_id: str | None = None, priority: int = 0,
+                     prompt_text: str | None = None) -> Request:
+        """Tokenize and validate one prompt; raises ValueError / PromptTooLongError."""
+        params = params or SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"sampling_params must be SamplingParams, got {type(params).__name__}")
+        vocab = self.model.config.vocab_size
+        params.validate_vocab(vocab)
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("this model has no tokenizer: pass token ids instead of text")
+            ids = self.tokenizer.encode(prompt)
+            text = prompt
+        elif _is_token_ids(prompt):
+            ids = list(prompt)
+            bad = [t for t in ids if not 0 <= t < vocab]
+            if bad:
+                raise ValueError(f"prompt token ids must be in [0, {vocab}), got {bad[:5]}")
+            text = prompt_text
+        else:
+            raise ValueError("a prompt must be a string or a non-empty list of token ids")
+        if not ids:
+            raise ValueError("the prompt is empty after tokenization")
+        if len(ids) + params.max_tokens > self.max_model_len:
+            raise PromptTooLongError(
+                f"prompt has {len(ids)} tokens and max_tokens is {params.max_tokens}: "
+                f"{len(ids) + params.max_tokens} > max_model_len {self.max_model_len}")
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise ValueError(f"priority must be an int, got {priority!r}")
+        return Request(request_id or self.new_request_id(), text, ids, params, self.tokenizer,
+                       self.eos_token_ids, priority=priority)
+
+    def chat_prompt(self, messages) -> tuple[list[int], str]:
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer, so no chat template")
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(ids), text
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineError(f"{self.engine_name} engine is closed")
+
+    # ---- the contract -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def generate(self, prompts, sampling_params=None) -> list[RequestOutput]:
+        """Run prompts to completion; one RequestOutput per prompt, in order."""
+
+    @abc.abstractmethod
+    def stream(self, prompt: Prompt, sampling_params: SamplingParams | None = None, *,
+               request_id: str | None = None, priority: int = 0,
+               prompt_text: str | None = None) -> Iterator[RequestOutput]:
+        """Yield outputs with `delta_text` as tokens arrive; the last has `finished=True`."""
+
+    @abc.abstractmethod
+    def abort(self, request_id: str) -> bool:
+        """End a request (finish_reason "abort"); False if it is unknown or already finished."""
+
+    def chat(self, messages, sampling_params: SamplingParams | None = None, stream: bool = False,
+             **kwargs):
+        ids, text = self.chat_prompt(messages)
+        if stream:
+            return self._stream_ids(ids, text, sampling_params, **kwargs)
+        return self._generate_ids(ids, text, sampling_params)
+
+    def _stream_ids(self, ids, text, params, **kwargs):
+        return self.stream(ids, params, prompt_text=text, **kwargs)
+
+    def _generate_ids(self, ids, text, params) -> RequestOutput:
+        (out,) = self.generate([ids], params)
+        out.prompt = text
+        return out
+
+    def metrics(self) -> dict:
+        return self.collector.snapshot()
+
+    # ---- async twins (run the sync engine in a worker thread; never block the loop) ----------
+    async def agenerate(self, prompts, sampling_params=None) -> list[RequestOutput]:
+        return await asyncio.to_thread(self.generate, prompts, sampling_params)
+
+    async def astream(self, prompt: Prompt, sampling_params: SamplingParams | None = None, *,
+                      request_id: str | None = None, priority: int = 0,
+                      prompt_text: str | None = None) -> AsyncIterator[RequestOutput]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        done = object()
+        request_id = request_id or self.new_request_id()
+        # Build (and validate) the request here so errors reach the caller before streaming.
+        it = self.stream(prompt, sampling_params, request_id=request_id, priority=priority,
+                         prompt_text=prompt_text)
+
+        def pump():
+            try:
+                for out in it:
+                    loop.call_soon_threadsafe(queue.put_nowait, out)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's task
+                loop.call_soon_threadsafe(queue.put_nowait, e)
+            loop.call_soon_threadsafe(queue.put_nowait, done)
+
+        worker = threading.Thread(target=pump, daemon=True, name=f"{self.engine_name}-astream")
+        worker.start()
+        try:
+            while (item := await queue.get()) is not done:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if worker.is_alive():  # the consumer went away (e.g. client disconnect)
+                self.abort(request_id)
+
+    async def achat(self, messages, sampling_params=None, stream: bool = False):
+        ids, text = self.chat_prompt(messages)
+        if stream:
+            return self.astream(ids, sampling_params, prompt_text=text)
+        out = await self.agenerate([ids], sampling_params)
+        out[0].prompt = text
+        return out[0]
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> "Engine":
+        self._check_open()
+        return self
+
+    def stop(self) -> None:
+        """Stop background work (no-op for synchronous engines); safe to call twice."""
+
+    def close(self) -> None:
+        """Stop and free device memory held by the engine (not the model's params)."""
+        self.stop()
+        self._closed = True
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()

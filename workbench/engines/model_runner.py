@@ -1,0 +1,129 @@
+"""Device side of the engines: jitted prefill and decode functions over `(graphdef, state)`.
+
+Every function is pure and jitted once per shape, with the KV cache donated so XLA updates it in
+place. Host code hands in plain arrays and gets back sampled token ids: one small transfer per step
+(or per chunk of steps for `decode_loop`).
+
+Shapes: B batch rows, T prefill length (a bucket), S cache length, N steps per chunk,
+K top logprobs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from workbench.models.kv_cache import KVCache
+from workbench.sampler import SamplerOutput, sample
+from workbench.sampling_tensors import PenaltyState, SamplingTensors
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class DecodeState:
+    """Per-row decode state carried from step to step (on device)."""
+
+    tokens: jnp.ndarray  # [B] i32 last sampled token: the input of the next step
+    positions: jnp.ndarray  # [B] i32 position at which `tokens` will be written
+    output_pos: jnp.ndarray  # [B] i32 number of tokens generated so far
+    done: jnp.ndarray  # [B] bool row finished (EOS / stop id / max_tokens) or idle
+    max_tokens: jnp.ndarray  # [B] i32
+    penalties: PenaltyState
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class ChunkOutput:
+    """Tokens of up to N decode steps; rows that were done hold -1."""
+
+    tokens: jnp.ndarray  # [B, N] i32
+    logprobs: jnp.ndarray  # [B, N] f32
+    top_ids: jnp.ndarray  # [B, N, K] i32
+    top_logprobs: jnp.ndarray  # [B, N, K] f32
+
+
+def _stopped(tokens, t: SamplingTensors, output_pos):
+    """[B] bool: the token just sampled at `output_pos` ends its row (device-side EOS/stop ids)."""
+    hit = jnp.any(tokens[:, None] == t.stop_ids, axis=-1)
+    return hit & (output_pos >= t.min_tokens)
+
+
+class ModelRunner:
+    """Compiled model functions for one `LoadedModel`."""
+
+    def __init__(self, graphdef, backend: str = "xla"):
+        self.graphdef = graphdef
+        self.backend = backend
+        self.prefill = jax.jit(self._prefill, donate_argnames=("cache",),
+                               static_argnames=("num_top",))
+        self.decode_loop = jax.jit(self._decode_loop, donate_argnames=("cache", "state"),
+                                   static_argnames=("num_steps", "num_top"))
+
+    def _prefill(self, params, cache: KVCache, ids, positions, last_idx, sampling: SamplingTensors,
+                 penalties: PenaltyState, *, num_top: int) -> tuple[SamplerOutput, KVCache]:
+        """Prefill ids `[B, T]` at positions `[B, T]` (-1 = pad) into an empty cache; sample the
+        first token from the hidden state at `last_idx` `[B]`."""
+        model = nnx.merge(self.graphdef, params)
+        hidden, cache = model(ids, positions, cache, attend_cache=False, backend=self.backend)
+        last = hidden[jnp.arange(ids.shape[0]), last_idx]  # [B, D]
+        out = sample(model.logits(last), sampling, penalties,
+                     jnp.zeros(ids.shape[0], jnp.int32), num_top_logprobs=num_top)
+        return out, cache
+
+    def _decode_loop(self, params, cache: KVCache, state: DecodeState, sampling: SamplingTensors,
+                     *, num_steps: int, num_top: int) -> tuple[DecodeState, KVCache, ChunkOutput]:
+        """Up to `num_steps` decode steps in one `lax.while_loop`; exits early when all rows are
+        done."""
+        model = nnx.merge(self.graphdef, params)
+        B = state.tokens.shape[0]
+        buf = ChunkOutput(
+            tokens=jnp.full((B, num_steps), -1, jnp.int32),
+            logprobs=jnp.zeros((B, num_steps), jnp.float32),
+            top_ids=jnp.zeros((B, num_steps, num_top), jnp.int32),
+            top_logprobs=jnp.zeros((B, num_steps, num_top), jnp.float32),
+        )
+
+        def cond(carry):
+            step, state, _, _ = carry
+            return (step < num_steps) & ~jnp.all(state.done)
+
+        def body(carry):
+            step, state, cache, buf = carry
+            pos = jnp.where(state.done, -1, state.positions)  # done rows write nothing
+            hidden, cache = model(state.tokens[:, None], pos[:, None], cache,
+                                  backend=self.backend)
+            out = sample(model.logits(hidden[:, 0]), sampling, state.penalties, state.output_pos,
+                         num_top_logprobs=num_top)
+            live = ~state.done
+            tokens = jnp.where(live, out.tokens, -1)
+            buf = ChunkOutput(
+                tokens=buf.tokens.at[:, step].set(tokens),
+                logprobs=buf.logprobs.at[:, step].set(out.logprobs),
+                top_ids=buf.top_ids.at[:, step].set(out.top_ids),
+                top_logprobs=buf.top_logprobs.at[:, step].set(out.top_logprobs),
+            )
+            output_pos = state.output_pos + live
+            done = state.done | _stopped(out.tokens, sampling, state.output_pos) | (
+                output_pos >= state.max_tokens)
+            state = DecodeState(
+                tokens=jnp.where(live, out.tokens, state.tokens),
+                positions=state.positions + live,
+                output_pos=output_pos,
+                done=done,
+                max_tokens=state.max_tokens,
+                penalties=state.penalties.update(out.tokens, live),
+            )
+            return step + 1, state, cache, buf
+
+        _, state, cache, buf = jax.lax.while_loop(cond, body, (0, state, cache, buf))
+        return state, cache, buf
+
+
+@functools.lru_cache(maxsize=16)
+def runner_for(graphdef, backend: str) -> ModelRunner:
+    """One runner (and so one set of compiled functions) per model structure and backend."""
+    return ModelRunner(graphdef, backend)

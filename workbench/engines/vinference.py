@@ -1,0 +1,238 @@
+"""vInference: the baseline engine. Static batching.
+
+Lifecycle of a call: requests are validated and tokenized up front (a bad prompt fails before any
+work); their sequences (n per request) are cut into batches of at most `max_batch_size`. Each batch
+runs to completion: pad to a (batch, prefill length) bucket -> one prefill that samples the first
+token -> a jitted `lax.while_loop` decode over a donated contiguous KV cache, `streaming_chunk`
+steps per dispatch -> the host detokenizes each chunk, applies stop strings and streams deltas.
+The next chunk is dispatched before the host reads the current one (JAX dispatch is asynchronous),
+unless a stop string may end a row early.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from workbench.engines.base import Engine
+from workbench.engines.buckets import pick_bucket, pow2_buckets, round_up
+from workbench.engines.model_runner import DecodeState, runner_for
+from workbench.engines.request import Request, Sequence
+from workbench.engines.types import Logprob, Prompt, RequestOutput
+from workbench.loading.loader import LoadedModel
+from workbench.sampling_params import SamplingParams
+from workbench.sampling_tensors import PenaltyState, SamplingTensors
+
+Row = tuple[Request, Sequence]
+
+
+def top_logprob_width(params: list[SamplingParams]) -> int:
+    """Static width K of the top-logprobs buffers for a batch (0, 1, 5 or 20)."""
+    k = max((p.top_logprobs for p in params if p.logprobs), default=0)
+    return 0 if k == 0 else pick_bucket(k, (1, 5, 20))
+
+
+def to_logprob(token: int, lp: float, top_ids, top_lps, k: int) -> Logprob:
+    return Logprob(token, float(lp), [(int(i), float(v)) for i, v in zip(top_ids[:k], top_lps[:k])])
+
+
+class vInference(Engine):  # noqa: N801 - the engine's name
+    """Static-batching engine; see the module docstring."""
+
+    engine_name = "vinference"
+
+    def __init__(self, model: LoadedModel, *, max_batch_size: int = 32,
+                 max_model_len: int | None = None, prefill_buckets: tuple[int, ...] | None = None,
+                 batch_buckets: tuple[int, ...] | None = None, streaming_chunk: int = 16,
+                 cache_multiple: int = 128):
+        super().__init__(model, max_model_len=max_model_len)
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if streaming_chunk < 1:
+            raise ValueError(f"streaming_chunk must be >= 1, got {streaming_chunk}")
+        self.max_batch_size = max_batch_size
+        self.streaming_chunk = streaming_chunk
+        self.cache_multiple = cache_multiple
+        self.prefill_buckets = tuple(sorted(prefill_buckets or pow2_buckets(16, self.max_model_len)))
+        self.batch_buckets = tuple(sorted(batch_buckets or pow2_buckets(1, max_batch_size)))
+        if self.prefill_buckets[-1] < self.max_model_len - 1:
+            raise ValueError(f"largest prefill bucket {self.prefill_buckets[-1]} is below "
+                             f"max_model_len {self.max_model_len}")
+        self.runner = runner_for(model.graphdef, model.attention_backend)
+        self._active: dict[str, Request] = {}
+
+    # ---- public API ---------------------------------------------------------------------------
+    def generate(self, prompts, sampling_params=None) -> list[RequestOutput]:
+        self._check_open()
+        prompts = self.normalize_prompts(prompts)
+        params = self.normalize_params(sampling_params, len(prompts))
+        requests = [self.make_request(p, sp) for p, sp in zip(prompts, params)]
+        for _ in self._run(requests):
+            pass
+        return [r.output() for r in requests]
+
+    def stream(self, prompt: Prompt, sampling_params: SamplingParams | None = None, *,
+               request_id: str | None = None, priority: int = 0,
+               prompt_text: str | None = None) -> Iterator[RequestOutput]:
+        self._check_open()
+        req = self.make_request(prompt, sampling_params, request_id=request_id,
+                                priority=priority, prompt_text=prompt_text)
+        return self._stream(req)
+
+    def _stream(self, req: Request) -> Iterator[RequestOutput]:
+        try:
+            for _ in self._run([req]):
+                out = req.output(delta=True)
+                if any(o.delta_text or o.delta_token_ids or o.finished for o in out.outputs):
+                    yield out
+                    if out.finished:
+                        return
+        finally:
+            if not req.finished:  # the consumer stopped early
+                self._abort_request(req)
+
+    def abort(self, request_id: str) -> bool:
+        req = self._active.get(request_id)
+        if req is None or req.finished:
+            return False
+        self._abort_request(req)
+        return True
+
+    def _abort_request(self, req: Request) -> None:
+        req.abort()
+        self.collector.on_finish(req.request_id, "abort")
+
+    def precompile(self, batch_sizes=None, prompt_lens=(32,), max_tokens: int = 128) -> dict:
+        """Compile prefill + decode for the given buckets; returns {(B, T): seconds}."""
+        times = {}
+        for b in batch_sizes or self.batch_buckets:
+            for t in prompt_lens:
+                t0 = time.perf_counter()
+                sp = SamplingParams(max_tokens=min(max_tokens, self.max_model_len - t),
+                                    temperature=0.0, ignore_eos=True)
+                self.generate([[1] * t] * b, sp)
+                times[(b, t)] = time.perf_counter() - t0
+        return times
+
+    # ---- running batches ---------------------------------------------------------------------
+    def _run(self, requests: list[Request]) -> Iterator[None]:
+        """Run every sequence of `requests`; yields after each step of device work."""
+        for req in requests:
+            self._active[req.request_id] = req
+            self.collector.on_arrival(req.request_id, len(req.prompt_ids))
+        try:
+            rows = [(r, s) for r in requests for s in r.sequences]
+            for i in range(0, len(rows), self.max_batch_size):
+                yield from self._run_batch(rows[i:i + self.max_batch_size])
+        finally:
+            for req in requests:
+                self._active.pop(req.request_id, None)
+
+    def _run_batch(self, rows: list[Row]) -> Iterator[None]:
+        live = [row for row in rows if not row[1].finished]
+        if not live:
+            return
+        for req in {id(r): r for r, _ in live}.values():
+            self.collector.on_scheduled(req.request_id)
+        params = [s.params for _, s in live]
+        B = pick_bucket(len(live), self.batch_buckets)
+        lens = [len(r.prompt_ids) for r, _ in live]
+        T = pick_bucket(max(lens), self.prefill_buckets)
+        S = round_up(max(n + p.max_tokens for n, p in zip(lens, params)), self.cache_multiple)
+        K = top_logprob_width(params)
+
+        ids = np.zeros((B, T), np.int32)
+        positions = np.full((B, T), -1, np.int32)
+        for i, (req, _) in enumerate(live):
+            ids[i, :lens[i]] = req.prompt_ids
+            positions[i, :lens[i]] = np.arange(lens[i])
+        last_idx = np.array([n - 1 for n in lens] + [0] * (B - len(live)), np.int32)
+        sampling = SamplingTensors.from_params(
+            params, eos_token_ids=sorted(self.eos_token_ids), seeds=[s.seed for _, s in live],
+            pad_to=B)
+        penalties = PenaltyState.init([r.prompt_ids for r, _ in live],
+                                      self.model.config.vocab_size, pad_to=B)
+        cache = self.model.new_cache(B, S)
+        state_params = self.model.state
+        out, cache = self.runner.prefill(state_params, cache, ids, positions, last_idx, sampling,
+                                         penalties, num_top=K)
+        first = jax.device_get(out)
+        self._append(live, first.tokens[:, None], first.logprobs[:, None],
+                     first.top_ids[:, None], first.top_logprobs[:, None], K)
+        yield
+
+        done = np.ones(B, bool)
+        done[: len(live)] = [s.finished for _, s in live]
+        state = DecodeState(
+            tokens=out.tokens, positions=jnp.asarray(lens + [0] * (B - len(live)), jnp.int32),
+            output_pos=jnp.ones(B, jnp.int32), done=jnp.asarray(done),
+            max_tokens=jnp.asarray([p.max_tokens for p in params] + [1] * (B - len(live)),
+                                   jnp.int32),
+            penalties=penalties.update(out.tokens),
+        )
+        # Overlap host and device work unless a stop string can end a row between chunks.
+        pipelined = not any(p.stop for p in params)
+        pending = None
+        while not all(s.finished for _, s in live):
+            if pending is None:
+                state = self._merge_host_done(state, live, B)  # aborts, stop strings
+                pending = self.runner.decode_loop(state_params, cache, state, sampling,
+                                                  num_steps=self.streaming_chunk, num_top=K)
+            state, cache, chunk = pending
+            pending = None
+            if pipelined:  # dispatch the next chunk before reading this one
+                state = self._merge_host_done(state, live, B)
+                pending = self.runner.decode_loop(state_params, cache, state, sampling,
+                                                  num_steps=self.streaming_chunk, num_top=K)
+                cache = None  # donated to the pending call
+            host = jax.device_get(chunk)
+            if (host.tokens[: len(live)] < 0).all():
+                # every row is done on device (the host already knows it too)
+                for _, s in live:
+                    assert s.finished, "device finished a row the host did not"
+                break
+            self._append(live, host.tokens, host.logprobs, host.top_ids, host.top_logprobs, K)
+            yield
+        if pending is not None:
+            jax.block_until_ready(pending[2].tokens)
+        del cache, pending
+
+    def _merge_host_done(self, state: DecodeState, live: list[Row], B: int) -> DecodeState:
+        host_done = np.ones(B, bool)
+        host_done[: len(live)] = [s.finished for _, s in live]
+        return DecodeState(state.tokens, state.positions, state.output_pos,
+                           state.done | host_done, state.max_tokens, state.penalties)
+
+    def _append(self, live: list[Row], tokens, logprobs, top_ids, top_lps, K: int) -> None:
+        """Feed a chunk of sampled tokens `[B, N]` to the host-side sequences."""
+        touched = {}
+        for i, (req, seq) in enumerate(live):
+            n_before = len(seq.output_ids)
+            for j in range(tokens.shape[1]):
+                tok = int(tokens[i, j])
+                if tok < 0 or seq.finished:
+                    break
+                lp = to_logprob(tok, logprobs[i, j], top_ids[i, j], top_lps[i, j],
+                                seq.params.top_logprobs) if seq.params.logprobs else None
+                seq.append(tok, lp)
+            if len(seq.output_ids) > n_before:
+                _, n = touched.get(id(req), (req, 0))
+                touched[id(req)] = (req, n + len(seq.output_ids) - n_before)
+        for req, n in touched.values():
+            first = req.first_token_time is None
+            req.mark_token()
+            if first:
+                self.collector.on_first_token(req.request_id)
+            self.collector.on_tokens(req.request_id, n)
+            if req.finished:
+                self.collector.on_finish(req.request_id, req.sequences[0].status.finish_reason
+                                         if len(req.sequences) == 1 else _request_reason(req))
+
+
+def _request_reason(req: Request) -> str:
+    reasons = [s.status.finish_reason for s in req.sequences]
+    return "length" if "length" in reasons else reasons[0]
