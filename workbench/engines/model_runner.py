@@ -62,6 +62,9 @@ class ModelRunner:
                                static_argnames=("num_top",))
         self.decode_loop = jax.jit(self._decode_loop, donate_argnames=("cache", "state"),
                                    static_argnames=("num_steps", "num_top"))
+        self.prefill_into_slots = jax.jit(self._prefill_into_slots,
+                                          donate_argnames=("cache", "state"),
+                                          static_argnames=("num_top",))
 
     def _prefill(self, params, cache: KVCache, ids, positions, last_idx, sampling: SamplingTensors,
                  penalties: PenaltyState, *, num_top: int) -> tuple[SamplerOutput, KVCache]:
@@ -73,6 +76,40 @@ class ModelRunner:
         out = sample(model.logits(last), sampling, penalties,
                      jnp.zeros(ids.shape[0], jnp.int32), num_top_logprobs=num_top)
         return out, cache
+
+    def _prefill_into_slots(self, params, cache: KVCache, state: DecodeState, ids, positions,
+                            last_idx, slots, sampling: SamplingTensors, prompt_mask, max_tokens,
+                            *, num_top: int) -> tuple[SamplerOutput, KVCache, DecodeState]:
+        """Prefill P requests `[P, T]` straight into decode slots `slots` `[P]` (pad rows carry
+        an out-of-range slot and write nothing) and reset those slots' decode state.
+
+        This is vSurge's prefill + insert, fused: the KV lands in the slot rows directly.
+        """
+        P = ids.shape[0]
+        penalties = PenaltyState(counts=jnp.zeros((P, prompt_mask.shape[1]), jnp.int32),
+                                 prompt_mask=prompt_mask)
+        model = nnx.merge(self.graphdef, params)
+        hidden, cache = model(ids, positions, cache.with_rows(slots), attend_cache=False,
+                              backend=self.backend)
+        last = hidden[jnp.arange(P), last_idx]  # [P, D]
+        zero = jnp.zeros(P, jnp.int32)
+        out = sample(model.logits(last), sampling, penalties, zero, num_top_logprobs=num_top)
+        penalties = penalties.update(out.tokens)
+        done = _stopped(out.tokens, sampling, zero) | (max_tokens <= 1)
+
+        def put(x, rows):
+            return x.at[slots].set(rows.astype(x.dtype), mode="drop")
+
+        state = DecodeState(
+            tokens=put(state.tokens, out.tokens),
+            positions=put(state.positions, last_idx + 1),
+            output_pos=put(state.output_pos, jnp.ones(P, jnp.int32)),
+            done=put(state.done, done),
+            max_tokens=put(state.max_tokens, max_tokens),
+            penalties=PenaltyState(counts=put(state.penalties.counts, penalties.counts),
+                                   prompt_mask=put(state.penalties.prompt_mask, prompt_mask)),
+        )
+        return out, cache.with_rows(None), state
 
     def _decode_loop(self, params, cache: KVCache, state: DecodeState, sampling: SamplingTensors,
                      *, num_steps: int, num_top: int) -> tuple[DecodeState, KVCache, ChunkOutput]:

@@ -34,8 +34,10 @@ class Sequence:
     def __init__(self, index: int, params: SamplingParams, tokenizer: Tokenizer | None,
                  eos_token_ids: frozenset[int], prompt_ids: list[int]):
         self.index = index
-        self.params = params
         self.seed = completion_seed(params.seed, index)
+        if params.seed is not None and index:  # the sampler reads the row's own seed
+            params = params.with_seed(self.seed)
+        self.params = params
         self.output_ids: list[int] = []
         self.logprobs: list[Logprob] | None = [] if params.logprobs else None
         self.status = RequestStatus.WAITING

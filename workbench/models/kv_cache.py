@@ -50,6 +50,7 @@ class ContiguousKVCache(KVCache):
 
     k: jnp.ndarray  # [L, B, S, Hkv, D]
     v: jnp.ndarray  # [L, B, S, Hkv, D]
+    rows: jnp.ndarray | None = None  # [b] cache row of each input row (None: row i -> row i)
     read_len: int | None = dataclasses.field(default=None, metadata=dict(static=True))
 
     @classmethod
@@ -73,16 +74,24 @@ class ContiguousKVCache(KVCache):
             raise ValueError(f"read_len {read_len} must be in [1, {self.max_len}]")
         return dataclasses.replace(self, read_len=read_len)
 
+    def with_rows(self, rows: jnp.ndarray | None) -> "ContiguousKVCache":
+        """Map input row i to cache row `rows[i]` (out-of-range rows are dropped on write): a
+        prefill of a few requests writes straight into their decode slots."""
+        return dataclasses.replace(self, rows=rows)
+
     def update(self, layer, k, v, positions):
-        B, S = self.batch_size, self.max_len
-        idx = jnp.where(positions >= 0, positions, S)  # [B, T]; pads go out of range -> dropped
-        rows = jnp.arange(B)[:, None]
+        b, S = k.shape[0], self.max_len
+        idx = jnp.where(positions >= 0, positions, S)  # [b, T]; pads go out of range -> dropped
+        rows = (jnp.arange(b) if self.rows is None else self.rows)[:, None]  # [b, 1]
         new_k = self.k.at[layer, rows, idx].set(k.astype(self.k.dtype), mode="drop")
         new_v = self.v.at[layer, rows, idx].set(v.astype(self.v.dtype), mode="drop")
         n = S if self.read_len is None else self.read_len
         keys = jax.lax.dynamic_index_in_dim(new_k, layer, 0, keepdims=False)[:, :n]
         values = jax.lax.dynamic_index_in_dim(new_v, layer, 0, keepdims=False)[:, :n]
-        k_pos = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (B, n))
+        if self.rows is not None:  # the input rows' own cache rows
+            keys = keys.at[self.rows].get(mode="clip")
+            values = values.at[self.rows].get(mode="clip")
+        k_pos = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (keys.shape[0], n))
         return dataclasses.replace(self, k=new_k, v=new_v), keys, values, k_pos
 
 

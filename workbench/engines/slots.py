@@ -1,0 +1,43 @@
+"""Decode slots: a fixed set of rows in the decode batch, each holding one sequence at a time.
+Plain Python, no JAX."""
+
+from __future__ import annotations
+
+
+class SlotTable:
+    """Which sequence occupies each decode slot. Lowest free slot first, so live rows cluster."""
+
+    def __init__(self, num_slots: int):
+        if num_slots < 1:
+            raise ValueError(f"number of decode slots must be >= 1, got {num_slots}")
+        self.num_slots = num_slots
+        self._owner: list = [None] * num_slots
+
+    @property
+    def num_free(self) -> int:
+        return self._owner.count(None)
+
+    @property
+    def num_used(self) -> int:
+        return self.num_slots - self.num_free
+
+    def allocate(self, owner) -> int:
+        for i, o in enumerate(self._owner):
+            if o is None:
+                self._owner[i] = owner
+                return i
+        raise RuntimeError("no free decode slot")  # callers check num_free first
+
+    def free(self, slot: int) -> None:
+        assert self._owner[slot] is not None, f"slot {slot} is already free"
+        self._owner[slot] = None
+
+    def owner(self, slot: int):
+        return self._owner[slot]
+
+    def occupied(self) -> list[tuple[int, object]]:
+        return [(i, o) for i, o in enumerate(self._owner) if o is not None]
+
+    def snapshot(self) -> list:
+        """Owners by slot (None = free), as a copy."""
+        return list(self._owner)

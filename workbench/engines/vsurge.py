@@ -1,0 +1,380 @@
+"""vSurge: continuous batching with prefill/decode separation, priorities and concurrency controls.
+
+Lifecycle: `start()` (or the context manager, or the first `generate`) allocates a contiguous KV
+cache of `max_concurrent_decodes` slots x `max_model_len` positions and starts one driver thread.
+Requests enter through a thread-safe inbox; each driver iteration reads as a sentence:
+
+    schedule (admit waiting requests into free slots)  ->  run (prefill batches into their slots,
+    then one batched decode step over every live slot)  ->  update (hand sampled tokens to the
+    sequences, stream deltas, free finished slots).
+
+JAX dispatch is asynchronous: the update of iteration k runs on the host while the device computes
+iteration k+1, and the only transfer back is the sampled token ids (plus logprobs when asked).
+`stop()` ends the thread, aborts what is left and frees the cache; `start()` may follow again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import queue
+import threading
+import time
+from typing import AsyncIterator, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from workbench.engines.base import Engine
+from workbench.engines.buckets import pick_bucket, pow2_buckets
+from workbench.engines.model_runner import DecodeState, runner_for
+from workbench.engines.output_stream import OutputStream
+from workbench.engines.request import Request
+from workbench.engines.types import EngineError, Prompt, PromptTooLongError, RequestOutput
+from workbench.engines.vinference import _request_reason, to_logprob, top_logprob_width
+from workbench.engines.vsurge_scheduler import Assignment, VSurgeScheduler
+from workbench.loading.loader import LoadedModel
+from workbench.sampling_params import SamplingParams
+from workbench.sampling_tensors import PenaltyState, SamplingTensors
+
+
+class vSurge(Engine):  # noqa: N801 - the engine's name
+    """Continuous-batching engine; see the module docstring."""
+
+    engine_name = "vsurge"
+
+    def __init__(self, model: LoadedModel, *, max_concurrent_decodes: int = 32,
+                 max_concurrent_prefill: int = 4, max_prefill_length: int | None = None,
+                 prefill_buckets: tuple[int, ...] | None = None, max_model_len: int | None = 2048,
+                 interleaved_mode: bool = False, scheduling_policy: str = "fcfs",
+                 max_waiting: int = 1024, read_buckets: tuple[int, ...] | None = None):
+        super().__init__(model, max_model_len=max_model_len)
+        self.max_concurrent_decodes = max_concurrent_decodes
+        self.max_concurrent_prefill = max_concurrent_prefill
+        self.max_prefill_length = min(max_prefill_length or self.max_model_len - 1,
+                                      self.max_model_len - 1)
+        self.prefill_buckets = tuple(sorted(
+            prefill_buckets or pow2_buckets(min(16, self.max_prefill_length),
+                                            self.max_prefill_length)))
+        if self.prefill_buckets[-1] < self.max_prefill_length:
+            raise ValueError(f"largest prefill bucket {self.prefill_buckets[-1]} is below "
+                             f"max_prefill_length {self.max_prefill_length}")
+        self.read_buckets = tuple(sorted(read_buckets or pow2_buckets(
+            min(128, self.max_model_len), self.max_model_len)))
+        self.batch_buckets = pow2_buckets(1, max_concurrent_prefill)
+        self.interleaved_mode = interleaved_mode
+        self._scheduler_kwargs = dict(
+            num_slots=max_concurrent_decodes, max_concurrent_prefill=max_concurrent_prefill,
+            interleaved=interleaved_mode, policy=scheduling_policy, max_waiting=max_waiting)
+        self.scheduler = VSurgeScheduler(**self._scheduler_kwargs)
+        self.runner = runner_for(model.graphdef, model.attention_backend)
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._streams: dict[str, OutputStream] = {}
+        self._requests: dict[str, Request] = {}
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._cache = self._state = None
+        self._sampling: SamplingTensors | None = None
+        self._sampling_owners: list | None = None
+        self._inflight: list = []
+        self._freed = False
+        self._num_top = 0
+        self._read_len = self.read_buckets[0]
+        self.step_times: list[float] = []  # host seconds spent per iteration (overhead probe)
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> "vSurge":
+        self._check_open()
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return self
+            B, V = self.max_concurrent_decodes, self.model.config.vocab_size
+            self._cache = self.model.new_cache(B, self.max_model_len)
+            self._state = DecodeState(
+                tokens=jnp.zeros(B, jnp.int32), positions=jnp.zeros(B, jnp.int32),
+                output_pos=jnp.zeros(B, jnp.int32), done=jnp.ones(B, bool),
+                max_tokens=jnp.ones(B, jnp.int32),
+                penalties=PenaltyState(jnp.zeros((B, V), jnp.int32), jnp.zeros((B, V), bool)))
+            self._sampling_owners = None
+            self._stopping.clear()
+            self._thread = threading.Thread(target=self._driver, name="vsurge-driver", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+            if thread is None:
+                return
+            self._stopping.set()
+            self._wake.set()
+            thread.join()
+            for rid in list(self._requests):
+                self._finish_aborted(rid)
+            self._drain_inbox(abort_new=True)
+            for x in jax.tree.leaves((self._cache, self._state)):
+                if isinstance(x, jax.Array) and not x.is_deleted():
+                    x.delete()
+            self._cache = self._state = self._sampling = None
+            self._inflight = []
+            self.scheduler = VSurgeScheduler(**self._scheduler_kwargs)
+            self.collector.set_running(0)
+            self.collector.set_waiting(0)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # ---- submission -----------------------------------------------------------------------------
+    def submit(self, prompt: Prompt, sampling_params: SamplingParams | None = None, *,
+               request_id: str | None = None, priority: int = 0, prompt_text: str | None = None,
+               loop: asyncio.AbstractEventLoop | None = None) -> OutputStream:
+        """Validate and queue one request; returns its output stream. Raises ValueError,
+        PromptTooLongError, or EngineOverloadedError when the waiting queue is full."""
+        self._check_open()
+        req = self.make_request(prompt, sampling_params, request_id=request_id,
+                                priority=priority, prompt_text=prompt_text)
+        return self._submit(req, loop)
+
+    def _submit(self, req: Request, loop: asyncio.AbstractEventLoop | None = None) -> OutputStream:
+        if len(req.prompt_ids) > self.max_prefill_length:
+            raise PromptTooLongError(f"prompt has {len(req.prompt_ids)} tokens; this engine's "
+                                     f"max_prefill_length is {self.max_prefill_length}")
+        if req.request_id in self._requests:
+            raise ValueError(f"request id {req.request_id!r} is already in use")
+        try:
+            self.scheduler.check_capacity(len(req.sequences))
+        except Exception:
+            self.collector.on_rejected()
+            raise
+        if not self.running:
+            self.start()
+        stream = OutputStream(req.request_id, loop)
+        self._streams[req.request_id] = stream
+        self._requests[req.request_id] = req
+        self.collector.on_arrival(req.request_id, len(req.prompt_ids))
+        self._inbox.put(("add", req))
+        self._wake.set()
+        return stream
+
+    def generate(self, prompts, sampling_params=None) -> list[RequestOutput]:
+        prompts = self.normalize_prompts(prompts)
+        params = self.normalize_params(sampling_params, len(prompts))
+        reqs = [self.make_request(p, sp) for p, sp in zip(prompts, params)]  # validate all first
+        streams = [self._submit(r) for r in reqs]
+        for s in streams:
+            while not s.get().finished:
+                pass
+        return [r.output() for r in reqs]
+
+    def stream(self, prompt: Prompt, sampling_params: SamplingParams | None = None, *,
+               request_id: str | None = None, priority: int = 0,
+               prompt_text: str | None = None) -> Iterator[RequestOutput]:
+        s = self.submit(prompt, sampling_params, request_id=request_id, priority=priority,
+                        prompt_text=prompt_text)
+        return self._iter_stream(s)
+
+    def _iter_stream(self, s: OutputStream) -> Iterator[RequestOutput]:
+        try:
+            while True:
+                out = s.get()
+                yield out
+                if out.finished:
+                    return
+        finally:
+            if not s.closed:  # the consumer stopped early
+                self.abort(s.request_id)
+
+    async def astream(self, prompt: Prompt, sampling_params: SamplingParams | None = None, *,
+                      request_id: str | None = None, priority: int = 0,
+                      prompt_text: str | None = None) -> AsyncIterator[RequestOutput]:
+        s = self.submit(prompt, sampling_params, request_id=request_id, priority=priority,
+                        prompt_text=prompt_text, loop=asyncio.get_running_loop())
+        try:
+            while True:
+                out = await s.aget()
+                yield out
+                if out.finished:
+                    return
+        finally:
+            if not s.closed:  # the consumer went away (e.g. a client disconnect)
+                self.abort(s.request_id)
+
+    async def agenerate(self, prompts, sampling_params=None) -> list[RequestOutput]:
+        prompts = self.normalize_prompts(prompts)
+        params = self.normalize_params(sampling_params, len(prompts))
+        reqs = [self.make_request(p, sp) for p, sp in zip(prompts, params)]
+        loop = asyncio.get_running_loop()
+        streams = [self._submit(r, loop) for r in reqs]
+        for s in streams:
+            while not (await s.aget()).finished:
+                pass
+        return [r.output() for r in reqs]
+
+    def abort(self, request_id: str) -> bool:
+        if request_id not in self._requests:
+            return False
+        self._inbox.put(("abort", request_id))
+        self._wake.set()
+        return True
+
+    # ---- the driver -----------------------------------------------------------------------------
+    def _driver(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                self._drain_inbox()
+                if not self._inflight and not self.scheduler.num_running and \
+                        not self.scheduler.num_waiting:
+                    self._wake.wait(0.05)
+                    self._wake.clear()
+                    continue
+                t0 = time.perf_counter()
+                plan = self.scheduler.schedule()
+                work = [("prefill", batch, self._dispatch_prefill(batch))
+                        for batch in plan.prefill_batches]
+                if plan.decode:
+                    work.append(("decode", self.scheduler.slots.snapshot(), self._dispatch_decode()))
+                previous, self._inflight = self._inflight, work
+                self._update(previous)  # overlaps with the device running `work`
+                self.step_times.append(time.perf_counter() - t0)
+                if len(self.step_times) > 4096:
+                    del self.step_times[:2048]
+                self.collector.set_running(self.scheduler.num_running)
+                self.collector.set_waiting(self.scheduler.num_waiting)
+                self.collector.set_slots(self.scheduler.slots.num_used,
+                                         self.max_concurrent_decodes)
+            self._update(self._inflight)
+            self._inflight = []
+        except BaseException as e:  # noqa: BLE001 - fail every request, keep the process alive
+            err = EngineError(f"vSurge driver failed: {type(e).__name__}: {e}")
+            for rid, stream in list(self._streams.items()):
+                stream.put(err)
+            self._streams.clear()
+            self._requests.clear()
+            raise
+
+    def _drain_inbox(self, abort_new: bool = False) -> None:
+        while True:
+            try:
+                kind, arg = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "add":
+                if abort_new:
+                    self._finish_aborted(arg.request_id)
+                else:
+                    self.scheduler.add(arg)
+            elif kind == "abort":
+                self._abort_now(arg)
+
+    def _abort_now(self, request_id: str) -> None:
+        req = self.scheduler.abort(request_id)  # frees its slots
+        if req is not None:
+            for seq in req.sequences:
+                seq.abort()
+            self._freed = True
+        self._finish_aborted(request_id)
+
+    def _finish_aborted(self, request_id: str) -> None:
+        req = self._requests.get(request_id)
+        if req is None:
+            return
+        req.abort()
+        self._emit(req)
+
+    def _emit(self, req: Request) -> None:
+        """Stream the request's new output; on finish, record it and forget the request."""
+        stream = self._streams.get(req.request_id)
+        if req.finished:
+            self.scheduler.finish_request(req.request_id)
+            self._requests.pop(req.request_id, None)
+            self._streams.pop(req.request_id, None)
+            self.collector.on_finish(req.request_id, _request_reason(req))
+        if stream is not None:
+            stream.put(req.output(delta=True))
+
+    def _update(self, work: list) -> None:
+        """Hand the sampled tokens of dispatched work to their sequences (host side)."""
+        touched: dict[int, tuple[Request, int]] = {}
+        for kind, owners, out in work:
+            host = jax.device_get(out)
+            if kind == "prefill":
+                rows = [(i, a, 0) for i, a in enumerate(owners)]
+                tokens = host.tokens[:, None]
+                lps, top_ids, top_lps = (host.logprobs[:, None], host.top_ids[:, None],
+                                         host.top_logprobs[:, None])
+            else:
+                rows = [(a.slot, a, 0) for a in owners if a is not None]
+                tokens, lps, top_ids, top_lps = (host.tokens, host.logprobs, host.top_ids,
+                                                 host.top_logprobs)
+            for i, a, j in rows:
+                seq, tok = a.sequence, int(tokens[i, j])
+                if tok < 0 or seq.finished:
+                    continue
+                lp = (to_logprob(tok, lps[i, j], top_ids[i, j], top_lps[i, j],
+                                 seq.params.top_logprobs) if seq.params.logprobs else None)
+                if seq.append(tok, lp) and self.scheduler.free_sequence(a):
+                    self._freed = True
+                _, n = touched.get(id(a.request), (a.request, 0))
+                touched[id(a.request)] = (a.request, n + 1)
+        for req, n in touched.values():
+            first = req.first_token_time is None
+            req.mark_token()
+            if first:
+                self.collector.on_first_token(req.request_id)
+                n -= 1
+            if n:
+                self.collector.on_tokens(req.request_id, n)
+            self._emit(req)
+
+    def _dispatch_prefill(self, batch: list[Assignment]):
+        for a in {id(a.request): a for a in batch}.values():
+            self.collector.on_scheduled(a.request.request_id)
+        P = pick_bucket(len(batch), self.batch_buckets)
+        lens = [len(a.request.prompt_ids) for a in batch]
+        T = pick_bucket(max(lens), self.prefill_buckets)
+        ids = np.zeros((P, T), np.int32)
+        positions = np.full((P, T), -1, np.int32)
+        for i, a in enumerate(batch):
+            ids[i, :lens[i]] = a.request.prompt_ids
+            positions[i, :lens[i]] = np.arange(lens[i])
+        pad = P - len(batch)
+        last_idx = np.array(lens + [0] * pad, np.int32)
+        last_idx = np.maximum(last_idx - 1, 0)
+        slots = np.array([a.slot for a in batch] + [self.max_concurrent_decodes] * pad, np.int32)
+        params = [a.sequence.params for a in batch]
+        sampling = SamplingTensors.from_params(
+            params, eos_token_ids=sorted(self.eos_token_ids),
+            seeds=[a.sequence.seed for a in batch], pad_to=P)
+        mask = PenaltyState.init([a.request.prompt_ids for a in batch],
+                                 self.model.config.vocab_size, pad_to=P).prompt_mask
+        max_tokens = np.array([p.max_tokens for p in params] + [1] * pad, np.int32)
+        out, self._cache, self._state = self.runner.prefill_into_slots(
+            self.model.state, self._cache, self._state, ids, positions, last_idx, slots,
+            sampling, mask, max_tokens, num_top=top_logprob_width(params))
+        return out
+
+    def _dispatch_decode(self):
+        owners = self.scheduler.slots.snapshot()
+        if self._freed:  # rows freed on the host (stop strings, aborts) stop computing
+            free = np.array([o is None for o in owners])
+            self._state = dataclasses.replace(self._state, done=self._state.done | free)
+            self._freed = False
+        if owners != self._sampling_owners:
+            params = [o.sequence.params if o is not None else None for o in owners]
+            self._sampling = SamplingTensors.from_params(
+                params, eos_token_ids=sorted(self.eos_token_ids),
+                seeds=[o.sequence.seed if o is not None else 0 for o in owners])
+            self._sampling_owners = owners
+            live = [p for p in params if p is not None]
+            self._num_top = top_logprob_width(live)
+            reqs = {id(r): r for r in self.scheduler.running.values()}.values()
+            need = max((len(r.prompt_ids) + r.params.max_tokens for r in reqs), default=1)
+            self._read_len = pick_bucket(min(need, self.max_model_len), self.read_buckets)
+        self._state, cache, chunk = self.runner.decode_loop(
+            self.model.state, self._cache.with_read_len(self._read_len), self._state,
+            self._sampling, num_steps=1, num_top=self._num_top)
+        self._cache = cache.with_read_len(None)
+        return chunk

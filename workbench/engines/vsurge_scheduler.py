@@ -1,0 +1,115 @@
+"""vSurge's scheduler: waiting queue -> decode slots. Plain Python, no JAX.
+
+NOTE: the one idea. Every iteration of the driver is "admit, prefill, decode": waiting requests
+are admitted into free decode slots (all `n` sequences of a request together), prefilled in
+batches of at most `max_concurrent_prefill` sequences, then one batched decode step advances every
+live slot. `interleaved_mode` bounds how much prefill work runs before the next decode step:
+- off (default): every admissible request is prefilled before decoding resumes: the best time to
+  first token under a burst, at the price of a pause in running streams;
+- on: at most one prefill batch per iteration, alternating with decode steps: running streams keep
+  a steady inter-token latency, new requests wait a little longer for their first token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from workbench.engines.request import Request, Sequence
+from workbench.engines.request_queue import make_queue
+from workbench.engines.slots import SlotTable
+from workbench.engines.types import EngineOverloadedError
+
+
+@dataclasses.dataclass
+class Assignment:
+    request: Request
+    sequence: Sequence
+    slot: int
+
+
+@dataclasses.dataclass
+class SchedulerOutput:
+    """The plan of one driver iteration."""
+
+    prefill_batches: list[list[Assignment]]  # each batch runs as one padded prefill
+    decode: bool  # run one decode step over the live slots
+
+
+class VSurgeScheduler:
+    def __init__(self, *, num_slots: int, max_concurrent_prefill: int, interleaved: bool,
+                 policy: str = "fcfs", max_waiting: int = 1024):
+        if max_concurrent_prefill < 1:
+            raise ValueError(f"max_concurrent_prefill must be >= 1, got {max_concurrent_prefill}")
+        if max_waiting < 1:
+            raise ValueError(f"max_waiting must be >= 1, got {max_waiting}")
+        self.slots = SlotTable(num_slots)
+        self.waiting = make_queue(policy)
+        self.max_concurrent_prefill = max_concurrent_prefill
+        self.interleaved = interleaved
+        self.max_waiting = max_waiting
+        self.running: dict[str, Request] = {}
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    def check_capacity(self, n: int) -> None:
+        """Raise if a request with `n` sequences can never run or the queue is full."""
+        if n > self.slots.num_slots:
+            raise ValueError(f"n={n} exceeds the engine's {self.slots.num_slots} decode slots")
+        if len(self.waiting) >= self.max_waiting:
+            raise EngineOverloadedError(
+                f"waiting queue is full ({self.max_waiting} requests); retry later")
+
+    def add(self, request: Request) -> None:
+        self.waiting.push(request)
+
+    def schedule(self) -> SchedulerOutput:
+        batches: list[list[Assignment]] = []
+        current: list[Assignment] = []
+        max_batches = 1 if self.interleaved else None
+        while len(self.waiting):
+            req = self.waiting.peek()
+            if len(req.sequences) > self.slots.num_free:
+                break  # head of line waits for slots (keeps the priority order strict)
+            if len(current) + len(req.sequences) > self.max_concurrent_prefill and current:
+                batches.append(current)
+                current = []
+                if max_batches is not None and len(batches) >= max_batches:
+                    break
+            self.waiting.pop()
+            self.running[req.request_id] = req
+            for seq in req.sequences:
+                a = Assignment(req, seq, -1)
+                a.slot = self.slots.allocate(a)
+                current.append(a)
+        if current:
+            batches.append(current)
+        return SchedulerOutput(prefill_batches=batches, decode=bool(self.slots.num_used))
+
+    def free_sequence(self, a: Assignment) -> bool:
+        """Free the slot of a finished sequence (if it still holds it)."""
+        if self.slots.owner(a.slot) is a:
+            self.slots.free(a.slot)
+            return True
+        return False
+
+    def finish_request(self, request_id: str) -> None:
+        self.running.pop(request_id, None)
+
+    def abort(self, request_id: str) -> Request | None:
+        """Remove a waiting request, or free the slots of a running one; returns it."""
+        req = self.waiting.remove(request_id)
+        if req is not None:
+            return req
+        req = self.running.pop(request_id, None)
+        if req is None:
+            return None
+        for slot, owner in self.slots.occupied():
+            if owner.request is req:
+                self.slots.free(slot)
+        return req
