@@ -18,3 +18,18 @@ def tiny_checkpoints(tmp_path_factory):
         d = str(tmp_path_factory.mktemp(f"tiny-{arch}"))
         out[arch] = (d, save_tiny_model(arch, d))
     return out
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    """The embedded SmolLM2-135M-Instruct model, float32 (converted once, then cached)."""
+    from workbench.loading.loader import load_model
+
+    return load_model("embedded", dtype="float32", progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_checkpoints):
+    from workbench.loading.loader import load_model
+
+    return load_model(tiny_checkpoints["llama"][0], dtype="float32", progress=False)
