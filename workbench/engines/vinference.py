@@ -87,10 +87,11 @@ class vInference(Engine):  # noqa: N801 - the engine's name
         try:
             for _ in self._run([req]):
                 out = req.output(delta=True)
-                if any(o.delta_text or o.delta_token_ids or o.finished for o in out.outputs):
+                if out.finished or any(o.delta_text or o.delta_token_ids for o in out.outputs):
                     yield out
                     if out.finished:
                         return
+            yield req.output(delta=True)  # finished without new tokens (e.g. aborted)
         finally:
             if not req.finished:  # the consumer stopped early
                 self._abort_request(req)

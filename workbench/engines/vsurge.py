@@ -31,7 +31,8 @@ from workbench.engines.buckets import pick_bucket, pow2_buckets
 from workbench.engines.model_runner import DecodeState, runner_for
 from workbench.engines.output_stream import OutputStream
 from workbench.engines.request import Request
-from workbench.engines.types import EngineError, Prompt, PromptTooLongError, RequestOutput
+from workbench.engines.types import (EngineError, EngineOverloadedError, Prompt,
+                                     PromptTooLongError, RequestOutput)
 from workbench.engines.vinference import _request_reason, to_logprob, top_logprob_width
 from workbench.engines.vsurge_scheduler import Assignment, VSurgeScheduler
 from workbench.loading.loader import LoadedModel
@@ -145,8 +146,10 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
         if req.request_id in self._requests:
             raise ValueError(f"request id {req.request_id!r} is already in use")
         try:
-            self.scheduler.check_capacity(len(req.sequences))
-        except Exception:
+            # submitted but not admitted yet: queued in the scheduler or still in the inbox
+            waiting = len(self._requests) - self.scheduler.num_running
+            self.scheduler.check_capacity(len(req.sequences), waiting)
+        except EngineOverloadedError:
             self.collector.on_rejected()
             raise
         if not self.running:

@@ -57,11 +57,12 @@ class VSurgeScheduler:
     def num_running(self) -> int:
         return len(self.running)
 
-    def check_capacity(self, n: int) -> None:
-        """Raise if a request with `n` sequences can never run or the queue is full."""
+    def check_capacity(self, n: int, num_waiting: int | None = None) -> None:
+        """Raise if a request with `n` sequences can never run or the queue is full.
+        `num_waiting` counts requests not yet admitted (default: the queue's length)."""
         if n > self.slots.num_slots:
             raise ValueError(f"n={n} exceeds the engine's {self.slots.num_slots} decode slots")
-        if len(self.waiting) >= self.max_waiting:
+        if (len(self.waiting) if num_waiting is None else num_waiting) >= self.max_waiting:
             raise EngineOverloadedError(
                 f"waiting queue is full ({self.max_waiting} requests); retry later")
 

@@ -1,0 +1,162 @@
+"""vSurge: same tokens as vInference under concurrency, priorities, aborts, lifecycle."""
+
+import asyncio
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from workbench.engines.types import EngineError, EngineOverloadedError, PromptTooLongError
+from workbench.engines.vinference import vInference
+from workbench.engines.vsurge import vSurge
+from workbench.sampling_params import SamplingParams
+
+TOPICS = ["the sea", "a cat", "Paris", "jazz", "rain", "mountains", "coffee", "robots", "trees",
+          "the moon", "bread", "chess", "winter", "a river", "music", "friendship", "stars",
+          "a garden", "the city", "books"]
+
+
+def _workload(engine):
+    rng = random.Random(0)
+    reqs = []
+    for i, topic in enumerate(TOPICS):
+        ids = engine.chat_prompt([{"role": "user", "content": f"Write about {topic}."}])[0]
+        ids = ids + [28] * rng.randint(0, 40)  # mixed prompt lengths
+        kw = dict(max_tokens=rng.randint(4, 24))
+        if i % 3 == 1:
+            kw.update(temperature=0.9, top_p=0.9, seed=i)
+        else:
+            kw.update(temperature=0.0)
+        if i % 5 == 2:
+            kw.update(stop=[" the", "."])
+        reqs.append((f"req-{i}", ids, SamplingParams(**kw), rng.randint(0, 3)))
+    return reqs
+
+
+@pytest.fixture(scope="module")
+def reference(embedded):
+    vi = vInference(embedded, max_batch_size=8, max_model_len=512)
+    reqs = _workload(vi)
+    outs = vi.generate([ids for _, ids, _, _ in reqs], [sp for _, _, sp, _ in reqs])
+    return reqs, {rid: o.outputs[0] for (rid, *_), o in zip(reqs, outs)}
+
+
+def test_concurrent_threads_with_priorities_aborts_and_stops_match_vinference(embedded, reference):
+    reqs, expected = reference
+    to_abort = {"req-4", "req-13"}
+    results = {}
+    with vSurge(embedded, max_concurrent_decodes=6, max_concurrent_prefill=3, max_model_len=512,
+                scheduling_policy="priority") as eng:
+        def run(item):
+            rid, ids, sp, prio = item
+            if rid in to_abort:
+                sp = SamplingParams(max_tokens=400, temperature=0, ignore_eos=True)
+            chunks = []
+            for out in eng.stream(ids, sp, request_id=rid, priority=prio):
+                chunks.append(out)
+                if rid in to_abort and len(chunks) == 2:
+                    assert eng.abort(rid)
+            results[rid] = chunks
+
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            list(pool.map(run, reqs))
+        snap = eng.metrics()
+    for rid, *_ in reqs:
+        chunks = results[rid]
+        final = chunks[-1].outputs[0]
+        assert chunks[-1].finished
+        streamed = "".join(c.outputs[0].delta_text for c in chunks)
+        assert streamed == final.text
+        if rid in to_abort:
+            assert final.finish_reason == "abort" and len(final.token_ids) < 400
+            continue
+        assert final.token_ids == expected[rid].token_ids, rid
+        assert final.text == expected[rid].text and final.finish_reason == expected[rid].finish_reason
+    assert snap["finished_by_reason"]["abort"] == 2
+    assert snap["num_requests_finished"] == 20
+    assert snap["ttft_s"]["count"] >= 18 and snap["num_requests_running"] == 0
+
+
+def test_asyncio_streams_and_agenerate(embedded, reference):
+    reqs, expected = reference
+
+    async def main(eng):
+        async def one(rid, ids, sp):
+            text = ""
+            async for out in eng.astream(ids, sp):
+                text += out.outputs[0].delta_text
+            return rid, text, out.outputs[0].token_ids
+
+        res = await asyncio.gather(*(one(rid, ids, sp) for rid, ids, sp, _ in reqs[:8]))
+        gen = await eng.agenerate([ids for _, ids, _, _ in reqs[:3]], [sp for _, _, sp, _ in reqs[:3]])
+        return res, gen
+
+    with vSurge(embedded, max_concurrent_decodes=4, max_model_len=512) as eng:
+        res, gen = asyncio.run(main(eng))
+    for rid, text, toks in res:
+        assert toks == expected[rid].token_ids and text == expected[rid].text
+    assert [g.outputs[0].token_ids for g in gen] == [expected[r[0]].token_ids for r in reqs[:3]]
+
+
+def test_priority_order_with_one_slot(embedded):
+    order = []
+    with vSurge(embedded, max_concurrent_decodes=1, max_model_len=256,
+                scheduling_policy="priority") as eng:
+        blocker = eng.submit([1, 2, 3], SamplingParams(max_tokens=30, ignore_eos=True, temperature=0),
+                             request_id="blocker", priority=9)
+        blocker.get()  # running now; the rest queue behind it
+        streams = [eng.submit([1, 2, 3], SamplingParams(max_tokens=2, temperature=0),
+                              request_id=f"p{p}", priority=p) for p in (3, 1, 2, 0)]
+
+        def wait(s):
+            while not s.get().finished:
+                pass
+            order.append((time.monotonic(), s.request_id))
+
+        threads = [threading.Thread(target=wait, args=(s,)) for s in streams]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert [rid for _, rid in sorted(order)] == ["p0", "p1", "p2", "p3"]
+
+
+def test_overload_validation_and_restart(embedded):
+    eng = vSurge(embedded, max_concurrent_decodes=1, max_model_len=256, max_waiting=2,
+                 max_prefill_length=64)
+    with pytest.raises(PromptTooLongError, match="max_prefill_length is 64"):
+        eng.submit([1] * 100, SamplingParams(max_tokens=4))
+    with pytest.raises(ValueError, match="exceeds the engine's 1 decode slots"):
+        eng.submit([1, 2], SamplingParams(n=2))
+    eng.start()
+    long = SamplingParams(max_tokens=200, ignore_eos=True, temperature=0)
+    first = eng.submit([1, 2, 3], long)
+    first.get()
+    eng.submit([1, 2, 3], long)
+    eng.submit([1, 2, 3], long)
+    with pytest.raises(EngineOverloadedError):
+        eng.submit([1, 2, 3], long)
+    assert eng.metrics()["num_requests_rejected"] == 1
+    eng.stop()
+    eng.stop()  # idempotent
+    assert not any(t.name == "vsurge-driver" for t in threading.enumerate())
+    while not (out := first.get()).finished:
+        pass
+    assert out.outputs[0].finish_reason == "abort"
+    # the engine can start again and serve
+    out = eng.generate([[1, 2, 3]], SamplingParams(max_tokens=3, temperature=0))
+    assert len(out[0].outputs[0].token_ids) == 3
+    eng.close()
+    with pytest.raises(EngineError, match="closed"):
+        eng.generate("hi")
+    assert not any(t.name == "vsurge-driver" for t in threading.enumerate())
+
+
+def test_interleaved_mode_gives_the_same_tokens(embedded, reference):
+    reqs, expected = reference
+    with vSurge(embedded, max_concurrent_decodes=4, max_concurrent_prefill=1, max_model_len=512,
+                interleaved_mode=True) as eng:
+        outs = eng.generate([ids for _, ids, _, _ in reqs[:6]], [sp for _, _, sp, _ in reqs[:6]])
+    assert [o.outputs[0].token_ids for o in outs] == [expected[r[0]].token_ids for r in reqs[:6]]
