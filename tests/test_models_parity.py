@@ -64,3 +64,14 @@ def test_prefill_then_decode_equals_full_forward(arch, tiny_checkpoints):
     np.testing.assert_allclose(stepped[valid], full[valid], atol=1e-4, rtol=0)
     # The same cache read through a short read_len gives the same decode logits.
     jax.block_until_ready(cache.k)
+
+
+def test_dot_product_attention_backend_matches_xla_with_padding(tiny_checkpoints):
+    directory, _ = tiny_checkpoints["mistral"]
+    ids, mask = _left_padded_batch(160, [11, 4, 7], seed=3)
+    ref = load_model(directory, progress=False).logits(ids, mask)
+    got = load_model(directory, progress=False, attention_backend="dot_product_attention").logits(
+        ids, mask)
+    valid = mask.astype(bool)
+    assert np.isfinite(got[valid]).all()
+    np.testing.assert_allclose(got[valid], ref[valid], atol=1e-4)

@@ -16,6 +16,7 @@ iteration k+1, and the only transfer back is the sampled token ids (plus logprob
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import queue
 import threading
@@ -83,7 +84,11 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
         self._freed = False
         self._num_top = 0
         self._read_len = self.read_buckets[0]
-        self.step_times: list[float] = []  # host seconds spent per iteration (overhead probe)
+        # Per driver iteration: wall seconds, and host seconds (wall minus the time blocked
+        # waiting for the device's sampled tokens): the host overhead of one step.
+        self.step_times: collections.deque = collections.deque(maxlen=4096)
+        self.host_times: collections.deque = collections.deque(maxlen=4096)
+        self._blocked = 0.0
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def start(self) -> "vSurge":
@@ -123,6 +128,14 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
             self.scheduler = VSurgeScheduler(**self._scheduler_kwargs)
             self.collector.set_running(0)
             self.collector.set_waiting(0)
+
+    def step_stats(self) -> dict:
+        """Median wall and host-only milliseconds per driver iteration (host overhead probe)."""
+        def median_ms(xs):
+            xs = sorted(xs)
+            return 1e3 * xs[len(xs) // 2] if xs else None
+        return {"iterations": len(self.step_times), "wall_ms_p50": median_ms(self.step_times),
+                "host_ms_p50": median_ms(self.host_times)}
 
     @property
     def running(self) -> bool:
@@ -241,9 +254,10 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
                     work.append(("decode", self.scheduler.slots.snapshot(), self._dispatch_decode()))
                 previous, self._inflight = self._inflight, work
                 self._update(previous)  # overlaps with the device running `work`
-                self.step_times.append(time.perf_counter() - t0)
-                if len(self.step_times) > 4096:
-                    del self.step_times[:2048]
+                wall = time.perf_counter() - t0
+                self.step_times.append(wall)
+                self.host_times.append(wall - self._blocked)
+                self._blocked = 0.0
                 self.collector.set_running(self.scheduler.num_running)
                 self.collector.set_waiting(self.scheduler.num_waiting)
                 self.collector.set_slots(self.scheduler.slots.num_used,
@@ -302,7 +316,9 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
         """Hand the sampled tokens of dispatched work to their sequences (host side)."""
         touched: dict[int, tuple[Request, int]] = {}
         for kind, owners, out in work:
+            t0 = time.perf_counter()
             host = jax.device_get(out)
+            self._blocked += time.perf_counter() - t0
             if kind == "prefill":
                 rows = [(i, a, 0) for i, a in enumerate(owners)]
                 tokens = host.tokens[:, None]
