@@ -258,10 +258,7 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
                 self.step_times.append(wall)
                 self.host_times.append(wall - self._blocked)
                 self._blocked = 0.0
-                self.collector.set_running(self.scheduler.num_running)
-                self.collector.set_waiting(self.scheduler.num_waiting)
-                self.collector.set_slots(self.scheduler.slots.num_used,
-                                         self.max_concurrent_decodes)
+                self._update_gauges()
             self._update(self._inflight)
             self._inflight = []
         except BaseException as e:  # noqa: BLE001 - fail every request, keep the process alive
@@ -271,6 +268,11 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
             self._streams.clear()
             self._requests.clear()
             raise
+
+    def _update_gauges(self) -> None:
+        self.collector.set_running(self.scheduler.num_running)
+        self.collector.set_waiting(self.scheduler.num_waiting)
+        self.collector.set_slots(self.scheduler.slots.num_used, self.max_concurrent_decodes)
 
     def _drain_inbox(self, abort_new: bool = False) -> None:
         while True:
@@ -309,6 +311,7 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
             self._requests.pop(req.request_id, None)
             self._streams.pop(req.request_id, None)
             self.collector.on_finish(req.request_id, _request_reason(req))
+            self._update_gauges()
         if stream is not None:
             stream.put(req.output(delta=True))
 

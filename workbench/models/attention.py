@@ -64,3 +64,40 @@ def get_attention(name: str) -> Callable:
         raise ValueError(
             f"unknown attention backend {name!r}; available: {', '.join(sorted(BACKENDS))}"
         ) from None
+
+
+def _merged_xla_attention(q, blocks, q_pos, sliding_window, scale=None):
+    """Softmax over several key blocks at once without concatenating them (no copy of the
+    cache): scores per block, one shared max and normalizer."""
+    B, T, H, D = q.shape
+    Hkv = blocks[0][0].shape[2]
+    scale = D**-0.5 if scale is None else scale
+    qg = q.reshape(B, T, Hkv, H // Hkv, D)
+    scores = []
+    for k, _, k_pos in blocks:
+        s = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(q.dtype),
+                       preferred_element_type=jnp.float32) * scale
+        mask = visibility_mask(q_pos, k_pos, sliding_window)
+        scores.append(jnp.where(mask[:, None, None], s, _NEG))
+    m = jnp.max(jnp.stack([s.max(-1) for s in scores]), axis=0)[..., None]  # [B, Hkv, G, T, 1]
+    probs = [jnp.exp(s - m) for s in scores]
+    denom = sum(p.sum(-1, keepdims=True) for p in probs)
+    out = sum(jnp.einsum("bkgts,bskd->btkgd", (p / denom).astype(q.dtype), v.astype(q.dtype))
+              for p, (_, v, _) in zip(probs, blocks))
+    return out.reshape(B, T, H, D)
+
+
+def attend(backend: str, q, blocks, q_pos, *, sliding_window=None):
+    """Attention of q `[B, T, H, D]` over one or more (keys, values, key positions) blocks, e.g.
+    the cached past and the current chunk. The XLA backend merges blocks without a copy; other
+    backends see the concatenation."""
+    if len(blocks) == 1:
+        k, v, k_pos = blocks[0]
+        return get_attention(backend)(q, k.astype(q.dtype), v.astype(q.dtype), q_pos, k_pos,
+                                      sliding_window=sliding_window)
+    if backend == "xla":
+        return _merged_xla_attention(q, blocks, q_pos, sliding_window)
+    k = jnp.concatenate([b[0].astype(q.dtype) for b in blocks], axis=1)
+    v = jnp.concatenate([b[1].astype(q.dtype) for b in blocks], axis=1)
+    k_pos = jnp.concatenate([b[2] for b in blocks], axis=1)
+    return get_attention(backend)(q, k, v, q_pos, k_pos, sliding_window=sliding_window)

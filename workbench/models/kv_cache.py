@@ -1,18 +1,24 @@
 """KV cache contract and the contiguous cache.
 
-A cache is a pytree that the model threads through its layers (a `lax.scan` carry). Each attention
-layer calls `cache.update(layer, k, v, positions)` once: the new keys/values are written at their
-token positions and the layer gets back every key/value it may attend to, with their positions.
+A cache is a pytree passed through a forward pass. The contract is "read the past by position,
+write the present once":
+- inside the layer scan, attention layer l calls `cache.read(l)` and gets every cached key/value
+  with its position (the cache as it was before this forward pass);
+- after the scan, the model calls `cache.write(ks, vs, positions)` once with the new keys/values
+  of all layers.
+Attention combines the cached block with the fresh keys of the current chunk (see
+`attention.attend`), so a decode step never copies or scatters the cache inside the layer loop;
+the only write is one small scatter of the new tokens into the donated buffer.
 
-The contract is "write, then read by position", which fits both layouts:
+Both layouts fit:
 - `ContiguousKVCache` (vInference, vSurge): row b's token at position p lives at `[:, b, p]`.
 - a paged cache (eSurge): row b's token at position p lives in page `page_table[b, p // P]` at
-  offset `p % P`; reading gathers the row's pages back into position order.
+  offset `p % P`; `read` gathers the row's pages back into position order.
 
 Positions are absolute (0 = first real token of the sequence). A position of -1 marks a pad token:
 it is never written and never visible. Attention masks come from positions alone (see
-`attention.py`), so a slot that holds stale data from an earlier request is harmless: it sits at a
-position above every live query until it is overwritten.
+`attention.py`): cached entries at or after the first position of the current chunk are hidden, so
+slots holding stale data from an earlier request are harmless.
 """
 
 from __future__ import annotations
@@ -27,16 +33,15 @@ from workbench.models.attention import MASKED_POSITION
 
 
 class KVCache(abc.ABC):
-    """What an attention layer needs from a cache."""
+    """What the model needs from a cache."""
 
     @abc.abstractmethod
-    def update(
-        self, layer: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, positions: jnp.ndarray
-    ) -> tuple["KVCache", jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-        """Write k, v `[B, T, Hkv, D]` at positions `[B, T]` (-1 = pad: skipped) into `layer`.
+    def read(self, layer: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+        """Keys `[B, S, Hkv, D]`, values `[B, S, Hkv, D]` and key positions `[B, S]` of `layer`."""
 
-        Returns (new cache, keys `[B, S, Hkv, D]`, values `[B, S, Hkv, D]`, key positions `[B, S]`).
-        """
+    @abc.abstractmethod
+    def write(self, ks: jnp.ndarray, vs: jnp.ndarray, positions: jnp.ndarray) -> "KVCache":
+        """Store new keys/values `[L, B, T, Hkv, D]` at positions `[B, T]` (-1 = pad: skipped)."""
 
 
 @jax.tree_util.register_dataclass
@@ -79,20 +84,26 @@ class ContiguousKVCache(KVCache):
         prefill of a few requests writes straight into their decode slots."""
         return dataclasses.replace(self, rows=rows)
 
-    def update(self, layer, k, v, positions):
-        b, S = k.shape[0], self.max_len
-        idx = jnp.where(positions >= 0, positions, S)  # [b, T]; pads go out of range -> dropped
-        rows = (jnp.arange(b) if self.rows is None else self.rows)[:, None]  # [b, 1]
-        new_k = self.k.at[layer, rows, idx].set(k.astype(self.k.dtype), mode="drop")
-        new_v = self.v.at[layer, rows, idx].set(v.astype(self.v.dtype), mode="drop")
-        n = S if self.read_len is None else self.read_len
-        keys = jax.lax.dynamic_index_in_dim(new_k, layer, 0, keepdims=False)[:, :n]
-        values = jax.lax.dynamic_index_in_dim(new_v, layer, 0, keepdims=False)[:, :n]
+    def _rows(self, b: int) -> jnp.ndarray:
+        return jnp.arange(b) if self.rows is None else self.rows
+
+    def read(self, layer):
+        n = self.max_len if self.read_len is None else self.read_len
+        keys = jax.lax.dynamic_index_in_dim(self.k, layer, 0, keepdims=False)[:, :n]
+        values = jax.lax.dynamic_index_in_dim(self.v, layer, 0, keepdims=False)[:, :n]
         if self.rows is not None:  # the input rows' own cache rows
             keys = keys.at[self.rows].get(mode="clip")
             values = values.at[self.rows].get(mode="clip")
         k_pos = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (keys.shape[0], n))
-        return dataclasses.replace(self, k=new_k, v=new_v), keys, values, k_pos
+        return keys, values, k_pos
+
+    def write(self, ks, vs, positions):
+        b = ks.shape[1]
+        idx = jnp.where(positions >= 0, positions, self.max_len)  # [b, T]; pads -> dropped
+        rows = self._rows(b)[:, None]  # [b, 1]
+        k = self.k.at[:, rows, idx].set(ks.astype(self.k.dtype), mode="drop")
+        v = self.v.at[:, rows, idx].set(vs.astype(self.v.dtype), mode="drop")
+        return dataclasses.replace(self, k=k, v=v)
 
 
 def fresh_key_positions(positions: jnp.ndarray) -> jnp.ndarray:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from workbench.models.attention import get_attention
+from workbench.models.attention import MASKED_POSITION, attend
 from workbench.models.config import ModelConfig
 from workbench.models.kv_cache import KVCache, fresh_key_positions
 from workbench.models.rope import apply_rope, inv_frequencies, rope_cos_sin
@@ -52,6 +52,8 @@ class Attention(nnx.Module):
         self.sliding_window = cfg.sliding_window
 
     def __call__(self, x, positions, cos, sin, cache, layer, *, attend_cache, backend):
+        """Returns the attention output `[B, T, D]` and this chunk's (k, v) `[B, T, Hkv, D]`;
+        the caller writes them to the cache once for all layers."""
         B, T, _ = x.shape
         H, Hkv, D = self.shape
         q = self.q_proj(x).reshape(B, T, H, D)
@@ -60,16 +62,15 @@ class Attention(nnx.Module):
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
-            cache, keys, values, k_pos = cache.update(layer, k, v, positions)
-        if cache is None or not attend_cache:
-            # Prefill from an empty cache: the current chunk holds every visible key.
-            keys, values, k_pos = k, v, fresh_key_positions(positions)
-        out = get_attention(backend)(
-            q, keys.astype(q.dtype), values.astype(q.dtype), positions, k_pos,
-            sliding_window=self.sliding_window,
-        )  # [B, T, H, D]
-        return self.o_proj(out.reshape(B, T, H * D)), cache
+        blocks = [(k, v, fresh_key_positions(positions))]  # the current chunk
+        if cache is not None and attend_cache:
+            ck, cv, c_pos = cache.read(layer)
+            # The cache holds the past: entries at or after the chunk's first position are stale
+            # (or about to be overwritten by this chunk) and stay hidden.
+            start = jnp.min(jnp.where(positions >= 0, positions, MASKED_POSITION), axis=1)
+            blocks.insert(0, (ck, cv, jnp.where(c_pos < start[:, None], c_pos, MASKED_POSITION)))
+        out = attend(backend, q, blocks, positions, sliding_window=self.sliding_window)
+        return self.o_proj(out.reshape(B, T, H * D)), (k, v)  # [B, T, D], new keys/values
 
 
 class MLP(nnx.Module):
@@ -90,13 +91,13 @@ class DecoderLayer(nnx.Module):
         self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
 
     def __call__(self, x, positions, cos, sin, cache, layer, *, attend_cache, backend):
-        h, cache = self.self_attn(
+        h, kv = self.self_attn(
             self.input_layernorm(x), positions, cos, sin, cache, layer,
             attend_cache=attend_cache, backend=backend,
         )
         x = x + h
         x = x + self.mlp(self.post_attention_layernorm(x))
-        return x, cache
+        return x, kv
 
 
 class CausalLM(nnx.Module):
@@ -134,16 +135,16 @@ class CausalLM(nnx.Module):
         cos, sin = rope_cos_sin(positions, self.inv_freq[...], self.dtype)
         layer_def, layer_state = nnx.split(self.layers)
 
-        def body(carry, xs):
-            x, cache = carry
+        def body(x, xs):
             state, layer = xs
-            x, cache = nnx.merge(layer_def, state)(
+            return nnx.merge(layer_def, state)(
                 x, positions, cos, sin, cache, layer, attend_cache=attend_cache, backend=backend
             )
-            return (x, cache), None
 
         L = self.config.num_hidden_layers
-        (x, cache), _ = jax.lax.scan(body, (x, cache), (layer_state, jnp.arange(L)))
+        x, (ks, vs) = jax.lax.scan(body, x, (layer_state, jnp.arange(L)))  # ks: [L, B, T, Hkv, D]
+        if cache is not None:
+            cache = cache.write(ks, vs, positions)
         return self.norm(x), cache
 
     def logits(self, hidden: jnp.ndarray) -> jnp.ndarray:
