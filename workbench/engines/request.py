@@ -156,6 +156,14 @@ class Request:
     def finished(self) -> bool:
         return all(s.finished for s in self.sequences)
 
+    @property
+    def finish_reason(self) -> str | None:
+        """One reason for the whole request: "length" if any completion hit it, else the first's."""
+        reasons = [s.status.finish_reason for s in self.sequences]
+        if None in reasons:
+            return None
+        return "length" if "length" in reasons else reasons[0]
+
     def mark_token(self) -> None:
         """Record timing after tokens were appended."""
         now = time.time()

@@ -19,25 +19,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench.engines.base import Engine
+from workbench.engines.batching import build_prefill_batch, to_logprob
 from workbench.engines.buckets import pick_bucket, pow2_buckets, round_up
 from workbench.engines.model_runner import DecodeState, runner_for
 from workbench.engines.request import Request, Sequence
-from workbench.engines.types import Logprob, Prompt, RequestOutput
+from workbench.engines.types import Prompt, RequestOutput
 from workbench.loading.loader import LoadedModel
 from workbench.sampling_params import SamplingParams
-from workbench.sampling_tensors import PenaltyState, SamplingTensors
 
 Row = tuple[Request, Sequence]
-
-
-def top_logprob_width(params: list[SamplingParams]) -> int:
-    """Static width K of the top-logprobs buffers for a batch (0, 1, 5 or 20)."""
-    k = max((p.top_logprobs for p in params if p.logprobs), default=0)
-    return 0 if k == 0 else pick_bucket(k, (1, 5, 20))
-
-
-def to_logprob(token: int, lp: float, top_ids, top_lps, k: int) -> Logprob:
-    return Logprob(token, float(lp), [(int(i), float(v)) for i, v in zip(top_ids[:k], top_lps[:k])])
 
 
 class vInference(Engine):  # noqa: N801 - the engine's name
@@ -144,23 +134,14 @@ class vInference(Engine):  # noqa: N801 - the engine's name
         lens = [len(r.prompt_ids) for r, _ in live]
         T = pick_bucket(max(lens), self.prefill_buckets)
         S = round_up(max(n + p.max_tokens for n, p in zip(lens, params)), self.cache_multiple)
-        K = top_logprob_width(params)
-
-        ids = np.zeros((B, T), np.int32)
-        positions = np.full((B, T), -1, np.int32)
-        for i, (req, _) in enumerate(live):
-            ids[i, :lens[i]] = req.prompt_ids
-            positions[i, :lens[i]] = np.arange(lens[i])
-        last_idx = np.array([n - 1 for n in lens] + [0] * (B - len(live)), np.int32)
-        sampling = SamplingTensors.from_params(
-            params, eos_token_ids=sorted(self.eos_token_ids), seeds=[s.seed for _, s in live],
-            pad_to=B)
-        penalties = PenaltyState.init([r.prompt_ids for r, _ in live],
-                                      self.model.config.vocab_size, pad_to=B)
+        batch = build_prefill_batch(
+            [r.prompt_ids for r, _ in live], params, [s.seed for _, s in live], batch_size=B,
+            length=T, eos_token_ids=self.eos_token_ids, vocab_size=self.model.config.vocab_size)
+        K, sampling, penalties = batch.num_top, batch.sampling, batch.penalties
         cache = self.model.new_cache(B, S)
         state_params = self.model.state
-        out, cache = self.runner.prefill(state_params, cache, ids, positions, last_idx, sampling,
-                                         penalties, num_top=K)
+        out, cache = self.runner.prefill(state_params, cache, batch.ids, batch.positions,
+                                         batch.last_idx, sampling, penalties, num_top=K)
         first = jax.device_get(out)
         self._append(live, first.tokens[:, None], first.logprobs[:, None],
                      first.top_ids[:, None], first.top_logprobs[:, None], K)
@@ -230,10 +211,4 @@ class vInference(Engine):  # noqa: N801 - the engine's name
                 self.collector.on_first_token(req.request_id)
             self.collector.on_tokens(req.request_id, n)
             if req.finished:
-                self.collector.on_finish(req.request_id, req.sequences[0].status.finish_reason
-                                         if len(req.sequences) == 1 else _request_reason(req))
-
-
-def _request_reason(req: Request) -> str:
-    reasons = [s.status.finish_reason for s in req.sequences]
-    return "length" if "length" in reasons else reasons[0]
+                self.collector.on_finish(req.request_id, req.finish_reason)

@@ -34,7 +34,7 @@ from workbench.engines.output_stream import OutputStream
 from workbench.engines.request import Request
 from workbench.engines.types import (EngineError, EngineOverloadedError, Prompt,
                                      PromptTooLongError, RequestOutput)
-from workbench.engines.vinference import _request_reason, to_logprob, top_logprob_width
+from workbench.engines.batching import build_prefill_batch, to_logprob, top_logprob_width
 from workbench.engines.vsurge_scheduler import Assignment, VSurgeScheduler
 from workbench.loading.loader import LoadedModel
 from workbench.sampling_params import SamplingParams
@@ -310,7 +310,7 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
             self.scheduler.finish_request(req.request_id)
             self._requests.pop(req.request_id, None)
             self._streams.pop(req.request_id, None)
-            self.collector.on_finish(req.request_id, _request_reason(req))
+            self.collector.on_finish(req.request_id, req.finish_reason)
             self._update_gauges()
         if stream is not None:
             stream.put(req.output(delta=True))
@@ -355,27 +355,18 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
         for a in {id(a.request): a for a in batch}.values():
             self.collector.on_scheduled(a.request.request_id)
         P = pick_bucket(len(batch), self.batch_buckets)
-        lens = [len(a.request.prompt_ids) for a in batch]
-        T = pick_bucket(max(lens), self.prefill_buckets)
-        ids = np.zeros((P, T), np.int32)
-        positions = np.full((P, T), -1, np.int32)
-        for i, a in enumerate(batch):
-            ids[i, :lens[i]] = a.request.prompt_ids
-            positions[i, :lens[i]] = np.arange(lens[i])
-        pad = P - len(batch)
-        last_idx = np.array(lens + [0] * pad, np.int32)
-        last_idx = np.maximum(last_idx - 1, 0)
-        slots = np.array([a.slot for a in batch] + [self.max_concurrent_decodes] * pad, np.int32)
+        prompts = [a.request.prompt_ids for a in batch]
         params = [a.sequence.params for a in batch]
-        sampling = SamplingTensors.from_params(
-            params, eos_token_ids=sorted(self.eos_token_ids),
-            seeds=[a.sequence.seed for a in batch], pad_to=P)
-        mask = PenaltyState.init([a.request.prompt_ids for a in batch],
-                                 self.model.config.vocab_size, pad_to=P).prompt_mask
+        b = build_prefill_batch(
+            prompts, params, [a.sequence.seed for a in batch], batch_size=P,
+            length=pick_bucket(max(map(len, prompts)), self.prefill_buckets),
+            eos_token_ids=self.eos_token_ids, vocab_size=self.model.config.vocab_size)
+        pad = P - len(batch)
+        slots = np.array([a.slot for a in batch] + [self.max_concurrent_decodes] * pad, np.int32)
         max_tokens = np.array([p.max_tokens for p in params] + [1] * pad, np.int32)
         out, self._cache, self._state = self.runner.prefill_into_slots(
-            self.model.state, self._cache, self._state, ids, positions, last_idx, slots,
-            sampling, mask, max_tokens, num_top=top_logprob_width(params))
+            self.model.state, self._cache, self._state, b.ids, b.positions, b.last_idx, slots,
+            b.sampling, b.penalties.prompt_mask, max_tokens, num_top=b.num_top)
         return out
 
     def _dispatch_decode(self):
