@@ -169,3 +169,11 @@ def test_chat_async_twins_and_abort(engine):
     assert not engine.abort("to-abort")
     snap = engine.metrics()
     assert snap["finished_by_reason"]["abort"] >= 1 and snap["generation_tokens_total"] > 0
+
+
+def test_metrics_count_generated_tokens_exactly(embedded):
+    eng = vInference(embedded, max_batch_size=2, max_model_len=256)
+    eng.generate([[1, 2, 3], [4, 5]], SamplingParams(max_tokens=7, ignore_eos=True))
+    snap = eng.metrics()
+    assert snap["generation_tokens_total"] == 14 and snap["prompt_tokens_total"] == 5
+    assert snap["finished_by_reason"]["length"] == 2 and snap["e2e_s"]["count"] == 2

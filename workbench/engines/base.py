@@ -158,6 +158,16 @@ class Engine(abc.ABC):
         out.prompt = text
         return out
 
+    def record_tokens(self, req: Request, num_tokens: int) -> None:
+        """Timing and metrics after `num_tokens` new tokens were appended to `req`."""
+        first = req.first_token_time is None
+        req.mark_token()
+        if first:
+            self.collector.on_first_token(req.request_id)  # counts the first token
+            num_tokens -= 1
+        if num_tokens:
+            self.collector.on_tokens(req.request_id, num_tokens)
+
     def metrics(self) -> dict:
         return self.collector.snapshot()
 
@@ -176,13 +186,22 @@ class Engine(abc.ABC):
         it = self.stream(prompt, sampling_params, request_id=request_id, priority=priority,
                          prompt_text=prompt_text)
 
+        def deliver(item) -> bool:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+                return True
+            except RuntimeError:  # the consumer's event loop is closed
+                return False
+
         def pump():
             try:
                 for out in it:
-                    loop.call_soon_threadsafe(queue.put_nowait, out)
+                    if not deliver(out):
+                        self.abort(request_id)
+                        return
             except BaseException as e:  # noqa: BLE001 - re-raised in the caller's task
-                loop.call_soon_threadsafe(queue.put_nowait, e)
-            loop.call_soon_threadsafe(queue.put_nowait, done)
+                deliver(e)
+            deliver(done)
 
         worker = threading.Thread(target=pump, daemon=True, name=f"{self.engine_name}-astream")
         worker.start()

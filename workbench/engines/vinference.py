@@ -205,10 +205,6 @@ class vInference(Engine):  # noqa: N801 - the engine's name
                 _, n = touched.get(id(req), (req, 0))
                 touched[id(req)] = (req, n + len(seq.output_ids) - n_before)
         for req, n in touched.values():
-            first = req.first_token_time is None
-            req.mark_token()
-            if first:
-                self.collector.on_first_token(req.request_id)
-            self.collector.on_tokens(req.request_id, n)
+            self.record_tokens(req, n)
             if req.finished:
                 self.collector.on_finish(req.request_id, req.finish_reason)

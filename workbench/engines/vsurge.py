@@ -342,13 +342,7 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
                 _, n = touched.get(id(a.request), (a.request, 0))
                 touched[id(a.request)] = (a.request, n + 1)
         for req, n in touched.values():
-            first = req.first_token_time is None
-            req.mark_token()
-            if first:
-                self.collector.on_first_token(req.request_id)
-                n -= 1
-            if n:
-                self.collector.on_tokens(req.request_id, n)
+            self.record_tokens(req, n)
             self._emit(req)
 
     def _dispatch_prefill(self, batch: list[Assignment]):

@@ -1,0 +1,116 @@
+"""`workbench serve`: load a model, build an engine, serve the OpenAI-compatible API until Ctrl-C.
+
+Hook for `workbench/cli.py`: `add_serve_parser(subparsers)` adds the sub-command (and sets
+`func=run_serve`); `run_serve(args) -> int` runs it: exit code 0 after a clean Ctrl-C, 2 on a usage
+error (an engine that cannot be imported, a taken port). It prints the URL and a ready-to-paste
+curl command once the server accepts requests. The API key defaults to `$WORKBENCH_API_KEY`.
+Importing this module loads neither JAX nor FastAPI (both are imported when the command runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import threading
+from typing import Any, TextIO
+
+ENGINES = ("vinference", "vsurge")
+
+
+def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "serve", help="serve a model over an OpenAI-compatible HTTP API",
+        description="Load a model, build an engine and serve /v1/completions, "
+                    "/v1/chat/completions, /v1/models, /metrics, ... until Ctrl-C.")
+    p.add_argument("--model", default="embedded",
+                   help="'embedded' (SmolLM2-135M-Instruct), a local HF directory, a .gguf file "
+                        "or a Hugging Face Hub id (default: embedded)")
+    p.add_argument("--engine", choices=ENGINES, default="vinference", help="default: vinference")
+    p.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="default: 8000; 0 picks a free port")
+    p.add_argument("--api-key", default=os.environ.get("WORKBENCH_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' (default: $WORKBENCH_API_KEY)")
+    p.add_argument("--max-model-len", type=int, default=None, help="context length per request")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                   help="default: float32 on CPU, bfloat16 on accelerators")
+    p.add_argument("--served-model-name", default=None,
+                   help="the name clients send as 'model' (default: the model's name)")
+    p.set_defaults(func=run_serve)
+    return p
+
+
+def load_model(source: str, dtype: str | None = None) -> Any:
+    """`workbench.loading.loader.load_model`, imported only when a model is loaded."""
+    from workbench.loading.loader import load_model as load
+
+    return load(source, dtype=dtype)
+
+
+def engine_class(name: str) -> type:
+    """The engine class for `--engine` (imported lazily); ImportError with a clear message."""
+    if name == "vinference":
+        from workbench.engines.vinference import vInference
+
+        return vInference
+    if name == "vsurge":
+        try:
+            from workbench.engines.vsurge import vSurge
+        except ImportError as exc:
+            raise ImportError(f"the vsurge engine is not available in this install ({exc}); "
+                              "use --engine vinference") from exc
+        return vSurge
+    raise ImportError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
+
+
+def curl_example(url: str, model: str, api_key: str | None) -> str:
+    body = {"model": model, "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32}
+    parts = [f"curl {url}/v1/chat/completions", "-H 'Content-Type: application/json'"]
+    if api_key:  # the key itself is not printed: export WORKBENCH_API_KEY first
+        parts.append('-H "Authorization: Bearer $WORKBENCH_API_KEY"')
+    parts.append(f"-d {shlex.quote(json.dumps(body))}")
+    return " \\\n  ".join(parts)
+
+
+def run_serve(args: argparse.Namespace, *, stop: threading.Event | None = None,
+              out: TextIO | None = None) -> int:
+    """Run `workbench serve`; blocks until Ctrl-C (or `stop` is set, for tests)."""
+    from workbench.server.handle import serve
+
+    out = out or sys.stdout
+    try:
+        cls = engine_class(args.engine)
+    except ImportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        model = load_model(args.model, dtype=args.dtype)
+        engine = cls(model, max_model_len=args.max_model_len)
+    except (ValueError, OSError) as exc:  # unknown source, offline hub id, bad length
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    name = args.served_model_name or model.name
+    try:
+        handle = serve({name: engine}, host=args.host, port=args.port, api_key=args.api_key,
+                       stop_engines=True)
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        engine.close()
+        return 2
+    print(f"Serving {name} ({args.engine}, max_model_len {engine.max_model_len}) at "
+          f"{handle.public_url}\nTry:\n{curl_example(handle.url, name, args.api_key)}\n"
+          "Press Ctrl-C to stop.", file=out, flush=True)
+    stop = stop or threading.Event()
+    try:
+        while handle.running and not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        print("\nStopping...", file=out, flush=True)
+    finally:
+        handle.stop()
+        close = getattr(engine, "close", None)
+        if callable(close):
+            close()
+    return 0

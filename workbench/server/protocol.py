@@ -1,0 +1,210 @@
+"""Request bodies of the OpenAI-compatible API (pydantic, `extra="forbid"`, strict types).
+
+Contract: a body that parses here has well-typed fields (null means "not given" for every optional
+field); range checks of sampling fields are left to `SamplingParams` (one source of truth, same
+messages as the library). An unknown field is an error, and so is an OpenAI field this server does
+not implement (see `errors.UNSUPPORTED_FIELDS`): nothing is accepted and silently ignored. One
+exception: an unsupported field sent with a value that means "off" (null, `best_of: 1`,
+`tools: []`, `response_format: {"type": "text"}`, `store: false`, ...) is dropped, because it asks
+for exactly what the server does anyway.
+
+Normalised shapes (validators): `CompletionRequest.prompt` -> a list of prompts, each a str or a
+non-empty list of token ids; a chat message's `content` -> one str (text parts joined with "\n");
+role "developer" -> "system".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from workbench.server.errors import UNSUPPORTED_FIELDS
+
+MAX_N = 128  # OpenAI's limit on choices per prompt
+
+# Values of unsupported fields that ask for the default behaviour (dropped, see module docstring).
+_NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
+    "best_of": (1,), "tools": ([],), "functions": ([],), "tool_choice": ("none",),
+    "function_call": ("none",), "parallel_tool_calls": (False, True), "store": (False,),
+    "response_format": ({"type": "text"},), "service_tier": ("auto", "default"),
+    "metadata": ({},), "modalities": (["text"],), "suffix": ("",),
+}
+
+
+def _drop_neutral(data: Any) -> Any:
+    if not isinstance(data, dict):
+        return data
+    return {k: v for k, v in data.items()
+            if not (k in UNSUPPORTED_FIELDS and (v is None or v in _NEUTRAL_VALUES.get(k, ())))}
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_neutral_unsupported(cls, data: Any) -> Any:
+        return _drop_neutral(data)
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class _SamplingRequest(_Body):
+    """Fields shared by /v1/completions and /v1/chat/completions."""
+
+    model: str | None = Field(None, description="served model name; optional with one model")
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = Field(None, description="vLLM extension; -1 or 0 disables it")
+    min_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+    stop: Any = Field(None, description="a string or a list of up to 16 strings")
+    stop_token_ids: Any = Field(None, description="vLLM extension: list of token ids")
+    n: int | None = Field(None, ge=1, le=MAX_N, description="choices per prompt (default 1)")
+    logit_bias: Any = Field(None, description="{token id as a string: bias in [-100, 100]}")
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    ignore_eos: bool | None = None
+    min_tokens: int | None = None
+    skip_special_tokens: bool | None = None
+    user: str | None = Field(None, description="accepted for compatibility, unused")
+
+    @field_validator("stream_options")
+    @classmethod
+    def _stream_options_need_stream(cls, value, info: ValidationInfo):
+        if value is not None and not info.data.get("stream"):
+            raise ValueError("only allowed when stream is true")
+        return value
+
+
+def _is_token_ids(x: Any) -> bool:
+    return isinstance(x, list) and len(x) > 0 and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in x)
+
+
+def normalize_prompt(value: Any) -> list[str | list[int]]:
+    """str | list[str] | list[int] | list[list[int]] -> list of prompts (ValueError otherwise)."""
+    if isinstance(value, str):
+        return [value]
+    if _is_token_ids(value):
+        return [list(value)]
+    if isinstance(value, list) and value:
+        if all(isinstance(p, str) for p in value) or all(_is_token_ids(p) for p in value):
+            return list(value)
+    raise ValueError("prompt must be a string, a list of strings, a non-empty list of token ids, "
+                     "or a list of such lists")
+
+
+class CompletionRequest(_SamplingRequest):
+    """POST /v1/completions."""
+
+    prompt: Any = Field(..., description="str, list of str, token ids or list of token-id lists")
+    max_tokens: int | None = Field(None, description="default 16 (OpenAI's legacy default)")
+    echo: bool | None = False
+    logprobs: int | None = Field(None, ge=0, le=20,
+                                 description="number of top alternatives per token (legacy shape)")
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt(cls, value: Any) -> list[str | list[int]]:
+        return normalize_prompt(value)
+
+    @property
+    def prompts(self) -> list[str | list[int]]:
+        return self.prompt
+
+
+_ROLES = ("system", "user", "assistant", "developer")
+
+
+def normalize_content(value: Any) -> str:
+    """A string, or a list of {"type": "text", "text": str} parts (joined with "\n")."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value:
+        texts = []
+        for i, part in enumerate(value):
+            if not isinstance(part, dict) or part.get("type") != "text":
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise ValueError(f"content part {i} has type {kind!r}; only text parts "
+                                 "({'type': 'text', 'text': ...}) are supported")
+            if set(part) != {"type", "text"} or not isinstance(part["text"], str):
+                raise ValueError(
+                    f"content part {i} must be exactly {{'type': 'text', 'text': str}}")
+            texts.append(part["text"])
+        return "\n".join(texts)
+    raise ValueError("content must be a string or a non-empty list of text parts")
+
+
+class ChatMessage(_Body):
+    role: str
+    content: Any = Field(..., description="a string or a list of text parts")
+
+    @field_validator("role")
+    @classmethod
+    def _role(cls, value: str) -> str:
+        if value in ("tool", "function"):
+            raise ValueError(f"{value!r} messages are not supported (no tool calling)")
+        if value not in _ROLES:
+            raise ValueError(f"role must be one of {', '.join(_ROLES)}, got {value!r}")
+        return "system" if value == "developer" else value
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _content(cls, value: Any) -> str:
+        return normalize_content(value)
+
+
+class ChatCompletionRequest(_SamplingRequest):
+    """POST /v1/chat/completions."""
+
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    max_tokens: int | None = Field(None, description="deprecated alias of max_completion_tokens")
+    max_completion_tokens: int | None = Field(
+        None, description="default: the remaining context, at most 4096")
+    logprobs: bool | None = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    @field_validator("max_completion_tokens")
+    @classmethod
+    def _one_max_tokens(cls, value, info: ValidationInfo):
+        other = info.data.get("max_tokens")
+        if value is not None and other is not None and value != other:
+            raise ValueError("give max_completion_tokens or max_tokens, not both")
+        return value
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None \
+            else self.max_tokens
+
+    def message_dicts(self) -> list[dict[str, str]]:
+        return [{"role": m.role, "content": m.content} for m in self.messages]
+
+
+class TokenizeRequest(_Body):
+    """POST /tokenize: exactly one of `prompt` or `messages` (chat template applied)."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool = True
+
+    @model_validator(mode="after")
+    def _one_input(self):
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' or 'messages'")
+        return self
+
+
+class DetokenizeRequest(_Body):
+    """POST /detokenize."""
+
+    model: str | None = None
+    tokens: list[int]
