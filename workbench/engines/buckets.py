@@ -23,6 +23,3 @@ def pick_bucket(n: int, buckets: Sequence[int]) -> int:
             return b
     raise ValueError(f"{n} exceeds the largest bucket {buckets[-1]}")
 
-
-def round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple

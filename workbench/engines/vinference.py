@@ -20,7 +20,7 @@ import numpy as np
 
 from workbench.engines.base import Engine
 from workbench.engines.batching import build_prefill_batch, to_logprob
-from workbench.engines.buckets import pick_bucket, pow2_buckets, round_up
+from workbench.engines.buckets import pick_bucket, pow2_buckets
 from workbench.engines.model_runner import DecodeState, runner_for
 from workbench.engines.request import Request, Sequence
 from workbench.engines.types import Prompt, RequestOutput
@@ -38,7 +38,7 @@ class vInference(Engine):  # noqa: N801 - the engine's name
     def __init__(self, model: LoadedModel, *, max_batch_size: int = 32,
                  max_model_len: int | None = None, prefill_buckets: tuple[int, ...] | None = None,
                  batch_buckets: tuple[int, ...] | None = None, streaming_chunk: int = 16,
-                 cache_multiple: int = 128):
+                 cache_buckets: tuple[int, ...] | None = None):
         super().__init__(model, max_model_len=max_model_len)
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -46,7 +46,9 @@ class vInference(Engine):  # noqa: N801 - the engine's name
             raise ValueError(f"streaming_chunk must be >= 1, got {streaming_chunk}")
         self.max_batch_size = max_batch_size
         self.streaming_chunk = streaming_chunk
-        self.cache_multiple = cache_multiple
+        # Cache lengths are powers of two (few shapes, so few compilations) up to max_model_len.
+        self.cache_buckets = tuple(sorted(cache_buckets or pow2_buckets(
+            min(128, self.max_model_len), self.max_model_len)))
         self.prefill_buckets = tuple(sorted(prefill_buckets or pow2_buckets(16, self.max_model_len)))
         self.batch_buckets = tuple(sorted(batch_buckets or pow2_buckets(1, max_batch_size)))
         if self.prefill_buckets[-1] < self.max_model_len - 1:
@@ -133,7 +135,7 @@ class vInference(Engine):  # noqa: N801 - the engine's name
         B = pick_bucket(len(live), self.batch_buckets)
         lens = [len(r.prompt_ids) for r, _ in live]
         T = pick_bucket(max(lens), self.prefill_buckets)
-        S = round_up(max(n + p.max_tokens for n, p in zip(lens, params)), self.cache_multiple)
+        S = pick_bucket(max(n + p.max_tokens for n, p in zip(lens, params)), self.cache_buckets)
         batch = build_prefill_batch(
             [r.prompt_ids for r, _ in live], params, [s.seed for _, s in live], batch_size=B,
             length=T, eos_token_ids=self.eos_token_ids, vocab_size=self.model.config.vocab_size)
