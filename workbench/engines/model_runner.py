@@ -61,7 +61,7 @@ class ModelRunner:
         self.prefill = jax.jit(self._prefill, donate_argnames=("cache",),
                                static_argnames=("num_top",))
         self.decode_loop = jax.jit(self._decode_loop, donate_argnames=("cache", "state"),
-                                   static_argnames=("num_steps", "num_top"))
+                                   static_argnames=("num_steps", "num_top", "num_rows"))
         self.prefill_into_slots = jax.jit(self._prefill_into_slots,
                                           donate_argnames=("cache", "state"),
                                           static_argnames=("num_top",))
@@ -112,9 +112,24 @@ class ModelRunner:
         return out, cache.with_rows(None), state
 
     def _decode_loop(self, params, cache: KVCache, state: DecodeState, sampling: SamplingTensors,
-                     *, num_steps: int, num_top: int) -> tuple[DecodeState, KVCache, ChunkOutput]:
+                     *, num_steps: int, num_top: int, num_rows: int | None = None
+                     ) -> tuple[DecodeState, KVCache, ChunkOutput]:
         """Up to `num_steps` decode steps in one `lax.while_loop`; exits early when all rows are
-        done."""
+        done. With `num_rows`, only the first `num_rows` rows of the state and cache take part
+        (vSurge: the live slots cluster at the front), so few live requests cost a small batch;
+        `sampling` then has `num_rows` rows."""
+        full_state = state
+        if num_rows is not None:
+            state = jax.tree.map(lambda x: x[:num_rows], state)
+            cache = cache.with_rows(jnp.arange(num_rows))
+        state, cache, buf = self._decode_rows(params, cache, state, sampling,
+                                              num_steps=num_steps, num_top=num_top)
+        if num_rows is not None:
+            state = jax.tree.map(lambda full, part: full.at[:num_rows].set(part), full_state, state)
+            cache = cache.with_rows(None)
+        return state, cache, buf
+
+    def _decode_rows(self, params, cache, state, sampling, *, num_steps, num_top):
         model = nnx.merge(self.graphdef, params)
         B = state.tokens.shape[0]
         buf = ChunkOutput(

@@ -65,6 +65,7 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
         self.read_buckets = tuple(sorted(read_buckets or pow2_buckets(
             min(128, self.max_model_len), self.max_model_len)))
         self.batch_buckets = pow2_buckets(1, max_concurrent_prefill)
+        self.row_buckets = pow2_buckets(1, max_concurrent_decodes)  # decode batch sizes
         self.interleaved_mode = interleaved_mode
         self._scheduler_kwargs = dict(
             num_slots=max_concurrent_decodes, max_concurrent_prefill=max_concurrent_prefill,
@@ -84,6 +85,7 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
         self._freed = False
         self._num_top = 0
         self._read_len = self.read_buckets[0]
+        self._num_rows = max_concurrent_decodes
         # Per driver iteration: wall seconds, and host seconds (wall minus the time blocked
         # waiting for the device's sampled tokens): the host overhead of one step.
         self.step_times: collections.deque = collections.deque(maxlen=4096)
@@ -370,18 +372,21 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
             self._state = dataclasses.replace(self._state, done=self._state.done | free)
             self._freed = False
         if owners != self._sampling_owners:
-            params = [o.sequence.params if o is not None else None for o in owners]
+            # Decode only the front rows that hold live slots (slots fill lowest-first).
+            last = max(i for i, o in enumerate(owners) if o is not None)
+            self._num_rows = pick_bucket(last + 1, self.row_buckets)
+            rows = owners[: self._num_rows]
+            params = [o.sequence.params if o is not None else None for o in rows]
             self._sampling = SamplingTensors.from_params(
                 params, eos_token_ids=sorted(self.eos_token_ids),
-                seeds=[o.sequence.seed if o is not None else 0 for o in owners])
+                seeds=[o.sequence.seed if o is not None else 0 for o in rows])
             self._sampling_owners = owners
-            live = [p for p in params if p is not None]
-            self._num_top = top_logprob_width(live)
+            self._num_top = top_logprob_width([p for p in params if p is not None])
             reqs = {id(r): r for r in self.scheduler.running.values()}.values()
             need = max((len(r.prompt_ids) + r.params.max_tokens for r in reqs), default=1)
             self._read_len = pick_bucket(min(need, self.max_model_len), self.read_buckets)
         self._state, cache, chunk = self.runner.decode_loop(
             self.model.state, self._cache.with_read_len(self._read_len), self._state,
-            self._sampling, num_steps=1, num_top=self._num_top)
+            self._sampling, num_steps=1, num_top=self._num_top, num_rows=self._num_rows)
         self._cache = cache.with_read_len(None)
         return chunk
