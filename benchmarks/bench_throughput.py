@@ -380,9 +380,9 @@ def equal_length(lm, vs, vi, prompt_len: int, out_len: int, batch_sizes, runs: i
         read_len = pick_bucket(prompt_len + out_len, vs.read_buckets)
         # rows a decode step computes: the bucket of live slots where the engine has row
         # buckets, else every slot
-        rows = (pick_bucket(B, vs.row_buckets) if getattr(vs, "row_buckets", None)
-                else vs.max_concurrent_decodes)
-        bd = C.step_breakdown(lm, rows, prompt_len, vs.max_model_len, read_len=read_len, runs=3)
+        n_rows = (pick_bucket(B, vs.row_buckets) if getattr(vs, "row_buckets", None)
+                  else vs.max_concurrent_decodes)
+        bd = C.step_breakdown(lm, n_rows, prompt_len, vs.max_model_len, read_len=read_len, runs=3)
         bd_vi = C.step_breakdown(lm, B, prompt_len,
                                  C.vinference_cache_len(vi, prompt_len + out_len), runs=3)
         tok = B * out_len
@@ -390,7 +390,7 @@ def equal_length(lm, vs, vi, prompt_len: int, out_len: int, batch_sizes, runs: i
             batch=B, vsurge_tok_s=tok / C.median(t_vs), vinference_tok_s=tok / C.median(t_vi),
             vsurge_step_ms=C.median(steps) * 1e3,
             vsurge_host_ms=C.median(host) * 1e3 if host else None,
-            device_step_ms=bd.decode_chunk_step_s * 1e3, device_rows=rows,
+            device_step_ms=bd.decode_chunk_step_s * 1e3, device_rows=n_rows,
             device_single_call_ms=bd.decode_single_step_s * 1e3,
             vinference_device_step_ms=bd_vi.decode_chunk_step_s * 1e3,
             vinference_step_ms=C.median(t_vi) / out_len * 1e3,
