@@ -160,3 +160,22 @@ def test_interleaved_mode_gives_the_same_tokens(embedded, reference):
                 interleaved_mode=True) as eng:
         outs = eng.generate([ids for _, ids, _, _ in reqs[:6]], [sp for _, _, sp, _ in reqs[:6]])
     assert [o.outputs[0].token_ids for o in outs] == [expected[r[0]].token_ids for r in reqs[:6]]
+
+
+def test_reading_a_short_cache_prefix_per_step_keeps_logprobs(tiny_llama):
+    """Each decode step reads only the cache prefix the live rows can reach (`read_buckets`);
+    with every length a bucket, reading one position too few would change the logprobs."""
+    import numpy as np
+
+    prompts = [[5, 9, 14, 3, 77], list(range(10, 31)), [100, 101]]
+    sps = [SamplingParams(max_tokens=n, temperature=0, ignore_eos=True, logprobs=True)
+           for n in (30, 12, 40)]
+    whole = vInference(tiny_llama, max_batch_size=4, max_model_len=128,
+                       read_buckets=(128,)).generate(prompts, sps)
+    with vSurge(tiny_llama, max_concurrent_decodes=2, max_concurrent_prefill=1,
+                max_model_len=128, read_buckets=tuple(range(4, 129))) as eng:
+        outs = eng.generate(prompts, sps)
+    for a, b in zip(outs, whole):
+        assert a.outputs[0].token_ids == b.outputs[0].token_ids
+        np.testing.assert_allclose([lp.logprob for lp in a.outputs[0].logprobs],
+                                   [lp.logprob for lp in b.outputs[0].logprobs], atol=1e-5)

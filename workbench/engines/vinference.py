@@ -38,7 +38,8 @@ class vInference(Engine):  # noqa: N801 - the engine's name
     def __init__(self, model: LoadedModel, *, max_batch_size: int = 32,
                  max_model_len: int | None = None, prefill_buckets: tuple[int, ...] | None = None,
                  batch_buckets: tuple[int, ...] | None = None, streaming_chunk: int = 16,
-                 cache_buckets: tuple[int, ...] | None = None):
+                 cache_buckets: tuple[int, ...] | None = None,
+                 read_buckets: tuple[int, ...] | None = None):
         super().__init__(model, max_model_len=max_model_len)
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -49,6 +50,10 @@ class vInference(Engine):  # noqa: N801 - the engine's name
         # Cache lengths are powers of two (few shapes, so few compilations) up to max_model_len.
         self.cache_buckets = tuple(sorted(cache_buckets or pow2_buckets(
             min(128, self.max_model_len), self.max_model_len)))
+        # A decode chunk reads only the cache prefix its positions can reach (attention cost
+        # grows with the length read), rounded up to one of these.
+        self.read_buckets = tuple(sorted(read_buckets or pow2_buckets(
+            min(64, self.max_model_len), self.max_model_len)))
         self.prefill_buckets = tuple(sorted(prefill_buckets or pow2_buckets(16, self.max_model_len)))
         self.batch_buckets = tuple(sorted(batch_buckets or pow2_buckets(1, max_batch_size)))
         if self.prefill_buckets[-1] < self.max_model_len - 1:
@@ -161,17 +166,28 @@ class vInference(Engine):  # noqa: N801 - the engine's name
         # Overlap host and device work unless a stop string can end a row between chunks.
         pipelined = not any(p.stop for p in params)
         pending = None
+        steps = 0  # decode steps dispatched so far
+
+        def dispatch(cache, state):
+            nonlocal steps
+            # Step j (0-based over the whole decode) writes row i's token at lens[i] + j and
+            # attends to the cached positions before it: this chunk needs the first
+            # max(lens) + last j of the chunk cached positions, and nothing after them.
+            need = max(lens) + steps + self.streaming_chunk - 1
+            read_len = min(pick_bucket(min(need, S), self.read_buckets), S)
+            steps += self.streaming_chunk
+            state = self._merge_host_done(state, live, B)  # aborts, stop strings
+            out = self.runner.decode_loop(state_params, cache.with_read_len(read_len), state,
+                                          sampling, num_steps=self.streaming_chunk, num_top=K)
+            return out[0], out[1].with_read_len(None), out[2]
+
         while not all(s.finished for _, s in live):
             if pending is None:
-                state = self._merge_host_done(state, live, B)  # aborts, stop strings
-                pending = self.runner.decode_loop(state_params, cache, state, sampling,
-                                                  num_steps=self.streaming_chunk, num_top=K)
+                pending = dispatch(cache, state)
             state, cache, chunk = pending
             pending = None
             if pipelined:  # dispatch the next chunk before reading this one
-                state = self._merge_host_done(state, live, B)
-                pending = self.runner.decode_loop(state_params, cache, state, sampling,
-                                                  num_steps=self.streaming_chunk, num_top=K)
+                pending = dispatch(cache, state)
                 cache = None  # donated to the pending call
             host = jax.device_get(chunk)
             if (host.tokens[: len(live)] < 0).all():

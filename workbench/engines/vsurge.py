@@ -63,7 +63,7 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
             raise ValueError(f"largest prefill bucket {self.prefill_buckets[-1]} is below "
                              f"max_prefill_length {self.max_prefill_length}")
         self.read_buckets = tuple(sorted(read_buckets or pow2_buckets(
-            min(128, self.max_model_len), self.max_model_len)))
+            min(64, self.max_model_len), self.max_model_len)))
         self.batch_buckets = pow2_buckets(1, max_concurrent_prefill)
         self.row_buckets = pow2_buckets(1, max_concurrent_decodes)  # decode batch sizes
         self.interleaved_mode = interleaved_mode
@@ -382,9 +382,11 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
                 seeds=[o.sequence.seed if o is not None else 0 for o in rows])
             self._sampling_owners = owners
             self._num_top = top_logprob_width([p for p in params if p is not None])
-            reqs = {id(r): r for r in self.scheduler.running.values()}.values()
-            need = max((len(r.prompt_ids) + r.params.max_tokens for r in reqs), default=1)
-            self._read_len = pick_bucket(min(need, self.max_model_len), self.read_buckets)
+        # Read only the cache prefix the live rows can attend to this step. The device may be up
+        # to two tokens ahead of the host's count (one step in flight, one not yet read back).
+        need = max((len(o.request.prompt_ids) + len(o.sequence.output_ids) + 2
+                    for o in owners if o is not None), default=1)
+        self._read_len = pick_bucket(min(need, self.max_model_len), self.read_buckets)
         self._state, cache, chunk = self.runner.decode_loop(
             self.model.state, self._cache.with_read_len(self._read_len), self._state,
             self._sampling, num_steps=1, num_top=self._num_top, num_rows=self._num_rows)
