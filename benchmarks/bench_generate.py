@@ -100,16 +100,12 @@ print("COLD " + json.dumps(dict(import_s=t_import - t0, load_s=t_load - t_import
 
 def main(argv=None):
     args = parse_args(argv)
-    import jax
 
     from workbench.engines.vinference import vInference
     from workbench.engines.vsurge import vSurge
     from workbench.sampling_params import SamplingParams
 
-    dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
-    tdev = C.torch_device() if "transformers" in args.engines else None
-    if "transformers" in args.engines and tdev is None:
-        C.log("transformers skipped: no torch for this backend (needs torch+cuda on GPU)")
+    dtype, tdev = C.run_setup(args)
     if tdev is not None:
         import torch
 

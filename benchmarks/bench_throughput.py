@@ -404,16 +404,12 @@ def equal_length(lm, vs, vi, prompt_len: int, out_len: int, batch_sizes, runs: i
 
 def main(argv=None):
     args = parse_args(argv)
-    import jax
 
     from workbench.engines.vinference import vInference
     from workbench.engines.vsurge import vSurge
     from workbench.sampling_params import SamplingParams
 
-    dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
-    tdev = C.torch_device() if "transformers" in args.engines else None
-    if "transformers" in args.engines and tdev is None:
-        C.log("transformers skipped: no torch for this backend")
+    dtype, tdev = C.run_setup(args)
     C.print_environment({"dtype": dtype, "model": args.random_config or "embedded SmolLM2-135M",
                          "rate": args.rate, "num_requests": args.num_requests})
     lm = C.load_lm(args.random_config, dtype)

@@ -257,6 +257,19 @@ def torch_device() -> str | None:
     return "cuda" if torch.cuda.is_available() else None
 
 
+def run_setup(args) -> tuple[str, str | None]:
+    """(dtype, torch device or None) for a benchmark run: float32 on CPU, bfloat16 on an
+    accelerator unless `--dtype` says otherwise; the transformers peer runs only where torch can
+    (logged when it is skipped)."""
+    import jax
+
+    dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
+    tdev = torch_device() if "transformers" in args.engines else None
+    if "transformers" in args.engines and tdev is None:
+        log("transformers skipped: no torch for this backend (needs torch+cuda on GPU)")
+    return dtype, tdev
+
+
 def load_hf_model(lm, dtype: str, device: str, threads: int | None = None):
     """The transformers peer: the same converted checkpoint (`lm.path`), or, for a random-weight
     model, a random torch model of the same shapes (same cost, different weights)."""

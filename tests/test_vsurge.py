@@ -179,3 +179,36 @@ def test_reading_a_short_cache_prefix_per_step_keeps_logprobs(tiny_llama):
         assert a.outputs[0].token_ids == b.outputs[0].token_ids
         np.testing.assert_allclose([lp.logprob for lp in a.outputs[0].logprobs],
                                    [lp.logprob for lp in b.outputs[0].logprobs], atol=1e-5)
+
+
+def test_straggler_in_a_high_slot_moves_to_the_front_and_keeps_its_tokens(tiny_llama,
+                                                                         monkeypatch):
+    """Slots free up anywhere; when the live ones fit a smaller decode batch, they move to the
+    front (cache rows and decode state). The moved requests must continue exactly as before,
+    penalties and seeded sampling included."""
+    import numpy as np
+
+    prompts = [[5, 9, 14], [7, 8], list(range(10, 31)), [100, 101, 102, 103],
+               [3, 1, 4, 1, 5, 9, 2, 6]]
+    sps = [SamplingParams(max_tokens=n, temperature=0, ignore_eos=True, logprobs=True)
+           for n in (3, 4, 5, 30)]
+    sps.append(SamplingParams(max_tokens=25, temperature=0.8, seed=7, ignore_eos=True,
+                              logprobs=True, frequency_penalty=0.5, repetition_penalty=1.3))
+    expected = vInference(tiny_llama, max_batch_size=8, max_model_len=128).generate(prompts, sps)
+    with vSurge(tiny_llama, max_concurrent_decodes=8, max_concurrent_prefill=8,
+                max_model_len=128) as eng:
+        moves = []
+        move_rows = eng.runner.move_rows
+
+        def counting(cache, state, src, dst):
+            moves.append([(int(a), int(b)) for a, b in zip(src, dst) if b < 8])
+            return move_rows(cache, state, src, dst)
+
+        monkeypatch.setattr(eng.runner, "move_rows", counting)
+        outs = eng.generate(prompts, sps)
+    # 0-2 finish first: 4 moves to 0 (4 live fit 4 rows), 3 to 1 (2 live), then 1 to 0 (1 live)
+    assert [m for step in moves for m in step] == [(4, 0), (3, 1), (1, 0)]
+    for a, b in zip(outs, expected):
+        assert a.outputs[0].token_ids == b.outputs[0].token_ids
+        np.testing.assert_allclose([lp.logprob for lp in a.outputs[0].logprobs],
+                                   [lp.logprob for lp in b.outputs[0].logprobs], atol=1e-5)

@@ -14,9 +14,10 @@ class FakeSeq:
 
 
 class FakeReq:
-    def __init__(self, rid, priority=0, n=1):
+    def __init__(self, rid, priority=0, n=1, prompt_len=8):
         self.request_id, self.priority = rid, priority
         self.sequences = [FakeSeq() for _ in range(n)]
+        self.prompt_ids = [1] * prompt_len
 
 
 def test_priority_queue_orders_by_priority_then_arrival_and_removes():
@@ -63,6 +64,21 @@ def test_admits_into_free_slots_in_prefill_batches():
     assert plan.prefill_batches[0][0].slot == a.slot
 
 
+def test_prefill_batches_group_similar_prompt_lengths():
+    s = _sched(num_slots=6, max_concurrent_prefill=2)
+    for rid, n in [("a", 200), ("b", 10), ("c", 190), ("d", 12), ("e", 100), ("f", 300)]:
+        s.add(FakeReq(rid, prompt_len=n))
+    plan = s.schedule()  # all six admitted at once: batched short with short, long with long
+    assert [[a.request.request_id for a in b] for b in plan.prefill_batches] == [
+        ["b", "d"], ["e", "c"], ["a", "f"]]
+    # interleaved mode keeps queue order: one batch per iteration, the head first
+    s = _sched(num_slots=6, max_concurrent_prefill=2, interleaved=True)
+    for rid, n in [("a", 200), ("b", 10), ("c", 190)]:
+        s.add(FakeReq(rid, prompt_len=n))
+    assert [[a.request.request_id for a in b] for b in s.schedule().prefill_batches] == [
+        ["a", "b"]]
+
+
 def test_interleaved_mode_runs_one_prefill_batch_per_iteration():
     s = _sched(interleaved=True)
     for i in range(4):
@@ -104,3 +120,23 @@ def test_host_scheduling_imports_no_jax():
     code = ("import sys, workbench.engines.vsurge_scheduler, workbench.engines.request_queue, "
             "workbench.engines.slots; assert 'jax' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_slot_compaction_moves_stragglers_to_the_front():
+    from workbench.engines.slots import SlotTable
+
+    class Owner:
+        slot = None
+
+    t = SlotTable(8)
+    owners = [Owner() for _ in range(8)]
+    for o in owners:
+        o.slot = t.allocate(o)
+    for s in (0, 1, 3, 4, 6):
+        t.free(s)
+    assert t.compact(4) == [(5, 0), (7, 1)]  # slots 2, 5, 7 live -> 0, 1, 2
+    assert [o is not None for o in t.snapshot()] == [True, True, True, False] + [False] * 4
+    assert owners[5].slot == 0 and owners[7].slot == 1 and owners[2].slot == 2
+    assert t.compact(4) == []
+    with pytest.raises(ValueError, match="do not fit"):
+        t.compact(2)

@@ -16,6 +16,18 @@ def pow2_buckets(lo: int, hi: int) -> tuple[int, ...]:
     return tuple(out)
 
 
+def fine_buckets(lo: int, hi: int) -> tuple[int, ...]:
+    """Powers of two and the midpoints 1.5 x 2^k between lo and hi (hi always last): a length
+    above lo is padded by at most 1.5x instead of 2x, for costs that grow with the padding
+    (decode attention reads every cached position up to the bucket)."""
+    out = set()
+    for b in pow2_buckets(lo, hi):
+        out.add(b)
+        if b * 3 // 2 < hi and b * 3 % 2 == 0:
+            out.add(b * 3 // 2)
+    return tuple(sorted(x for x in out if lo <= x <= hi))
+
+
 def pick_bucket(n: int, buckets: Sequence[int]) -> int:
     """Smallest bucket >= n; ValueError if n exceeds the largest."""
     for b in buckets:

@@ -62,6 +62,7 @@ class ModelRunner:
                                static_argnames=("num_top",))
         self.decode_loop = jax.jit(self._decode_loop, donate_argnames=("cache", "state"),
                                    static_argnames=("num_steps", "num_top", "num_rows"))
+        self.move_rows = jax.jit(self._move_rows, donate_argnames=("cache", "state"))
         self.prefill_into_slots = jax.jit(self._prefill_into_slots,
                                           donate_argnames=("cache", "state"),
                                           static_argnames=("num_top",))
@@ -110,6 +111,20 @@ class ModelRunner:
                                    prompt_mask=put(state.penalties.prompt_mask, prompt_mask)),
         )
         return out, cache.with_rows(None), state
+
+    def _move_rows(self, cache: KVCache, state: DecodeState, src, dst
+                   ) -> tuple[KVCache, DecodeState]:
+        """Move decode rows `src` `[M]` to `dst` `[M]` (KV cache and decode state); the source rows
+        become done. Padding entries carry an out-of-range index in both and move nothing.
+        vSurge compacts its live slots to the front with this, so a few live requests decode as
+        a small batch."""
+        def move(x):
+            return x.at[dst].set(jnp.take(x, src, axis=0, mode="clip"), mode="drop")
+
+        cache = cache.move_rows(src, dst)
+        state = jax.tree.map(move, state)
+        state = dataclasses.replace(state, done=state.done.at[src].set(True, mode="drop"))
+        return cache, state
 
     def _decode_loop(self, params, cache: KVCache, state: DecodeState, sampling: SamplingTensors,
                      *, num_steps: int, num_top: int, num_rows: int | None = None

@@ -38,6 +38,25 @@ class SlotTable:
     def occupied(self) -> list[tuple[int, object]]:
         return [(i, o) for i, o in enumerate(self._owner) if o is not None]
 
+    def compact(self, size: int) -> list[tuple[int, int]]:
+        """Move owners from slots >= `size` into free slots below it, so every occupied slot lies
+        in the first `size` (needs num_used <= size). Returns the (src, dst) moves; an owner with
+        a `slot` attribute gets its new slot. The caller moves the slots' device rows to match."""
+        if self.num_used > size:
+            raise ValueError(f"{self.num_used} occupied slots do not fit in the first {size}")
+        free = [i for i in range(size) if self._owner[i] is None]
+        moves = []
+        for src in range(size, self.num_slots):
+            owner = self._owner[src]
+            if owner is None:
+                continue
+            dst = free.pop(0)
+            self._owner[dst], self._owner[src] = owner, None
+            if hasattr(owner, "slot"):
+                owner.slot = dst
+            moves.append((src, dst))
+        return moves
+
     def snapshot(self) -> list:
         """Owners by slot (None = free), as a copy."""
         return list(self._owner)

@@ -6,7 +6,9 @@ runs to completion: pad to a (batch, prefill length) bucket -> one prefill that 
 token -> a jitted `lax.while_loop` decode over a donated contiguous KV cache, `streaming_chunk`
 steps per dispatch -> the host detokenizes each chunk, applies stop strings and streams deltas.
 The next chunk is dispatched before the host reads the current one (JAX dispatch is asynchronous),
-unless a stop string may end a row early.
+unless a stop string may end a row early. Each chunk reads only the cache prefix its positions can
+reach, rounded up to one of `read_buckets` (decode attention costs time per position read: on a
+2-core CPU a batch-32 step reading 256 positions is ~25% slower than one reading 128).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 
 from workbench.engines.base import Engine
 from workbench.engines.batching import build_prefill_batch, to_logprob
-from workbench.engines.buckets import pick_bucket, pow2_buckets
+from workbench.engines.buckets import fine_buckets, pick_bucket, pow2_buckets
 from workbench.engines.model_runner import DecodeState, runner_for
 from workbench.engines.request import Request, Sequence
 from workbench.engines.types import Prompt, RequestOutput
@@ -52,7 +54,7 @@ class vInference(Engine):  # noqa: N801 - the engine's name
             min(128, self.max_model_len), self.max_model_len)))
         # A decode chunk reads only the cache prefix its positions can reach (attention cost
         # grows with the length read), rounded up to one of these.
-        self.read_buckets = tuple(sorted(read_buckets or pow2_buckets(
+        self.read_buckets = tuple(sorted(read_buckets or fine_buckets(
             min(64, self.max_model_len), self.max_model_len)))
         self.prefill_buckets = tuple(sorted(prefill_buckets or pow2_buckets(16, self.max_model_len)))
         self.batch_buckets = tuple(sorted(batch_buckets or pow2_buckets(1, max_batch_size)))

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench.engines.base import Engine
-from workbench.engines.buckets import pick_bucket, pow2_buckets
+from workbench.engines.buckets import fine_buckets, pick_bucket, pow2_buckets
 from workbench.engines.model_runner import DecodeState, runner_for
 from workbench.engines.output_stream import OutputStream
 from workbench.engines.request import Request
@@ -62,7 +62,7 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
         if self.prefill_buckets[-1] < self.max_prefill_length:
             raise ValueError(f"largest prefill bucket {self.prefill_buckets[-1]} is below "
                              f"max_prefill_length {self.max_prefill_length}")
-        self.read_buckets = tuple(sorted(read_buckets or pow2_buckets(
+        self.read_buckets = tuple(sorted(read_buckets or fine_buckets(
             min(64, self.max_model_len), self.max_model_len)))
         self.batch_buckets = pow2_buckets(1, max_concurrent_prefill)
         self.row_buckets = pow2_buckets(1, max_concurrent_decodes)  # decode batch sizes
@@ -253,7 +253,8 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
                 work = [("prefill", batch, self._dispatch_prefill(batch))
                         for batch in plan.prefill_batches]
                 if plan.decode:
-                    work.append(("decode", self.scheduler.slots.snapshot(), self._dispatch_decode()))
+                    chunk = self._dispatch_decode()  # may move slots: take its owners after
+                    work.append(("decode", self._sampling_owners, chunk))
                 previous, self._inflight = self._inflight, work
                 self._update(previous)  # overlaps with the device running `work`
                 wall = time.perf_counter() - t0
@@ -270,6 +271,23 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
             self._streams.clear()
             self._requests.clear()
             raise
+
+    def _compact(self, owners: list) -> list:
+        """When the live slots fit a smaller decode batch than the one their positions span
+        (slots free up anywhere), move the stragglers to free slots at the front: a few live
+        requests then decode as a small batch instead of paying for all slots."""
+        live = [i for i, o in enumerate(owners) if o is not None]
+        size = pick_bucket(len(live), self.row_buckets)
+        if not live or live[-1] < size:
+            return owners
+        moves = self.scheduler.slots.compact(size)
+        m = pick_bucket(len(moves), self.row_buckets)  # few shapes: pad the move list
+        out_of_range = self.max_concurrent_decodes
+        src = np.full(m, out_of_range, np.int32)
+        dst = np.full(m, out_of_range, np.int32)
+        src[: len(moves)], dst[: len(moves)] = zip(*moves)
+        self._cache, self._state = self.runner.move_rows(self._cache, self._state, src, dst)
+        return self.scheduler.slots.snapshot()
 
     def _update_gauges(self) -> None:
         self.collector.set_running(self.scheduler.num_running)
@@ -330,7 +348,8 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
                 lps, top_ids, top_lps = (host.logprobs[:, None], host.top_ids[:, None],
                                          host.top_logprobs[:, None])
             else:
-                rows = [(a.slot, a, 0) for a in owners if a is not None]
+                # row i of the step is the slot the owner held when it was dispatched
+                rows = [(i, a, 0) for i, a in enumerate(owners) if a is not None]
                 tokens, lps, top_ids, top_lps = (host.tokens, host.logprobs, host.top_ids,
                                                  host.top_logprobs)
             for i, a, j in rows:
@@ -371,6 +390,7 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
             free = np.array([o is None for o in owners])
             self._state = dataclasses.replace(self._state, done=self._state.done | free)
             self._freed = False
+        owners = self._compact(owners)
         if owners != self._sampling_owners:
             # Decode only the front rows that hold live slots (slots fill lowest-first).
             last = max(i for i, o in enumerate(owners) if o is not None)

@@ -70,27 +70,48 @@ class VSurgeScheduler:
         self.waiting.push(request)
 
     def schedule(self) -> SchedulerOutput:
+        """Admit waiting requests into free slots (strictly in queue order) and group their
+        sequences into prefill batches of at most `max_concurrent_prefill`.
+
+        Without interleaving, everything admitted now is prefilled before the next decode step,
+        so the batches are formed by prompt length (shortest first): each batch pads to its
+        longest prompt, and grouping similar lengths avoids padding a 20-token prompt to 250.
+        Interleaved mode admits one batch per iteration, in queue order."""
+        if self.interleaved:
+            admitted = self._admit(limit=self.max_concurrent_prefill)
+        else:
+            admitted = sorted(self._admit(limit=None), key=lambda r: len(r[0].prompt_ids))
         batches: list[list[Assignment]] = []
         current: list[Assignment] = []
-        max_batches = 1 if self.interleaved else None
+        for _, assignments in admitted:
+            if current and len(current) + len(assignments) > self.max_concurrent_prefill:
+                batches.append(current)
+                current = []
+            current.extend(assignments)
+        if current:
+            batches.append(current)
+        return SchedulerOutput(prefill_batches=batches, decode=bool(self.slots.num_used))
+
+    def _admit(self, limit: int | None) -> list[tuple[Request, list[Assignment]]]:
+        """Pop requests from the queue head while their `n` sequences fit in free slots (and,
+        with `limit`, in one prefill batch; a request larger than a batch goes alone)."""
+        admitted, count = [], 0
         while len(self.waiting):
             req = self.waiting.peek()
             if len(req.sequences) > self.slots.num_free:
                 break  # head of line waits for slots (keeps the priority order strict)
-            if len(current) + len(req.sequences) > self.max_concurrent_prefill and current:
-                batches.append(current)
-                current = []
-                if max_batches is not None and len(batches) >= max_batches:
-                    break
+            if limit is not None and count and count + len(req.sequences) > limit:
+                break
             self.waiting.pop()
             self.running[req.request_id] = req
+            assignments = []
             for seq in req.sequences:
                 a = Assignment(req, seq, -1)
                 a.slot = self.slots.allocate(a)
-                current.append(a)
-        if current:
-            batches.append(current)
-        return SchedulerOutput(prefill_batches=batches, decode=bool(self.slots.num_used))
+                assignments.append(a)
+            admitted.append((req, assignments))
+            count += len(assignments)
+        return admitted
 
     def free_sequence(self, a: Assignment) -> bool:
         """Free the slot of a finished sequence (if it still holds it)."""

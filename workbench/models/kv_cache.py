@@ -97,6 +97,13 @@ class ContiguousKVCache(KVCache):
         k_pos = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (keys.shape[0], n))
         return keys, values, k_pos
 
+    def move_rows(self, src: jnp.ndarray, dst: jnp.ndarray) -> "ContiguousKVCache":
+        """Copy rows `src` `[M]` to rows `dst` `[M]`; out-of-range entries in `dst` move nothing."""
+        def move(x):
+            return x.at[:, dst].set(jnp.take(x, src, axis=1, mode="clip"), mode="drop")
+
+        return dataclasses.replace(self, k=move(self.k), v=move(self.v))
+
     def write(self, ks, vs, positions):
         b = ks.shape[1]
         idx = jnp.where(positions >= 0, positions, self.max_len)  # [b, T]; pads -> dropped
