@@ -10,6 +10,11 @@ Requests enter through a thread-safe inbox; each driver iteration reads as a sen
 
 JAX dispatch is asynchronous: the update of iteration k runs on the host while the device computes
 iteration k+1, and the only transfer back is the sampled token ids (plus logprobs when asked).
+
+The decode step costs what its shape costs, so the driver keeps the shape small: it decodes only
+the power-of-two bucket of front slots that hold live requests (slots fill lowest-first, and when
+the live ones would fit a smaller bucket the stragglers' cache rows and decode state move to the
+front), and it reads only the cache prefix the live rows can attend to (`read_buckets`).
 `stop()` ends the thread, aborts what is left and frees the cache; `start()` may follow again.
 """
 
