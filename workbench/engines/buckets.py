@@ -25,7 +25,7 @@ def fine_buckets(lo: int, hi: int) -> tuple[int, ...]:
         out.add(b)
         if b * 3 // 2 < hi and b * 3 % 2 == 0:
             out.add(b * 3 // 2)
-    return tuple(sorted(x for x in out if lo <= x <= hi))
+    return tuple(sorted(out))  # pow2_buckets stay in [lo, hi]; midpoints are checked < hi
 
 
 def pick_bucket(n: int, buckets: Sequence[int]) -> int:
