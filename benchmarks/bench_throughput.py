@@ -236,7 +236,7 @@ def run_transformers(model, w: Workload, max_batch: int, pad_id: int) -> list[Re
 
 
 def warm_vsurge(eng, lo: int, hi: int) -> None:
-    """One prefill per (prefill batch bucket, prompt bucket) and one decode per read bucket."""
+    """One prefill per (prefill batch bucket, prompt bucket); decode shapes: `warm_vsurge_decode`."""
     from workbench.sampling_params import SamplingParams
 
     from workbench.engines.buckets import pick_bucket
@@ -247,13 +247,10 @@ def warm_vsurge(eng, lo: int, hi: int) -> None:
         T = min(T, eng.max_prefill_length, eng.max_model_len - 2)
         for P in eng.batch_buckets[::-1]:
             eng.generate([[7] * T] * P, sp)
-    for R in eng.read_buckets:  # decode read lengths: prompt + max_tokens picks the bucket
-        T = min(max(R - 4, 1), eng.max_prefill_length, eng.max_model_len - 4)
-        eng.generate([[7] * T], SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))
 
 
 def warm_vsurge_decode(eng) -> int:
-    """Compile vSurge's decode step for every (live-row bucket x read bucket) it can pick, by
+    """Compile vSurge's decode step for every (live-row bucket x read size) it can pick, by
     calling its jitted `decode_loop` once per shape with the argument structure the driver uses
     (running whole generations to reach each shape would take minutes on a CPU). Engines without
     row buckets decode all slots: nothing extra to compile. Returns the number of shapes."""
@@ -274,13 +271,13 @@ def warm_vsurge_decode(eng) -> int:
         sampling = SamplingTensors.from_params([sp] + [None] * (R - 1),
                                                eos_token_ids=sorted(eng.eos_token_ids),
                                                seeds=[0] * R)
-        for read in eng.read_buckets:
+        for size in eng.reads.sizes(R, eng.max_model_len):
             state = DecodeState(
                 tokens=jnp.zeros(B, jnp.int32), positions=jnp.zeros(B, jnp.int32),
                 output_pos=jnp.zeros(B, jnp.int32), done=jnp.ones(B, bool),
                 max_tokens=jnp.ones(B, jnp.int32),
                 penalties=PenaltyState(jnp.zeros((B, V), jnp.int32), jnp.zeros((B, V), bool)))
-            cache = lm.new_cache(B, eng.max_model_len).with_read_len(read)
+            cache = eng.reads.with_size(lm.new_cache(B, eng.max_model_len), size)
             _, _, chunk = eng.runner.decode_loop(lm.state, cache, state, sampling, num_steps=1,
                                                  num_top=0, num_rows=R)
             jax.block_until_ready(chunk.tokens)
@@ -342,9 +339,16 @@ def warm_vinference(eng, w: Workload, max_batch: int) -> None:
                             done=jnp.asarray(np.zeros(B, bool)),
                             max_tokens=jnp.asarray([2] * B, jnp.int32),
                             penalties=penalties.update(out.tokens))
-        res = eng.runner.decode_loop(lm.state, cache, state, sampling,
-                                     num_steps=eng.streaming_chunk, num_top=0)
-        jax.block_until_ready(res[2].tokens)
+        # every read size a chunk of this batch can pick: from one block per row (or the
+        # prompt bucket) up to the whole cache
+        for size in eng.reads.sizes(B, S):
+            if size < (T if eng.reads.mode == "prefix" else B):
+                continue
+            state, cache, chunk = eng.runner.decode_loop(
+                lm.state, eng.reads.with_size(cache, size), state, sampling,
+                num_steps=1, num_top=0)
+            cache = eng.reads.reset(cache)
+            jax.block_until_ready(chunk.tokens)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,12 +381,13 @@ def equal_length(lm, vs, vi, prompt_len: int, out_len: int, batch_sizes, runs: i
             steps += list(vs.step_times)
             host += list(getattr(vs, "host_times", []))
             t_vi.append(C.timed(lambda: vi.generate(batch, sp))[0])
-        read_len = pick_bucket(prompt_len + out_len, vs.read_buckets)
         # rows a decode step computes: the bucket of live slots where the engine has row
         # buckets, else every slot
         n_rows = (pick_bucket(B, vs.row_buckets) if getattr(vs, "row_buckets", None)
                   else vs.max_concurrent_decodes)
-        bd = C.step_breakdown(lm, n_rows, prompt_len, vs.max_model_len, read_len=read_len, runs=3)
+        bd = C.step_breakdown(lm, n_rows, prompt_len, vs.max_model_len, runs=3,
+                              reads=lambda c: vs.reads.apply(c, [prompt_len + out_len] * B,
+                                                             n_rows))
         bd_vi = C.step_breakdown(lm, B, prompt_len,
                                  C.vinference_cache_len(vi, prompt_len + out_len), runs=3)
         tok = B * out_len

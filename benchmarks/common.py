@@ -548,12 +548,13 @@ class StepBreakdown:
 
 
 def step_breakdown(lm, batch_size: int, prompt_len: int, cache_len: int,
-                   read_len: int | None = None, runs: int = 5, chunk: int = 16) -> StepBreakdown:
+                   reads=None, runs: int = 5, chunk: int = 16) -> StepBreakdown:
     """Time the engines' jitted prefill and decode functions (`ModelRunner`) without any engine
     host code: what the device needs per prefill and per decode step at this shape.
 
     `cache_len` is the KV-cache length (vInference: round_up(prompt + max_tokens, 128); vSurge:
-    max_model_len) and `read_len` the prefix a decode step reads (vSurge's read bucket; None: all).
+    max_model_len) and `reads` sets what a decode step reads (`cache -> cache`, e.g. an engine's
+    `reads.apply`; None: the whole cache).
     """
     import jax
     import jax.numpy as jnp
@@ -595,7 +596,8 @@ def step_breakdown(lm, batch_size: int, prompt_len: int, cache_len: int,
                            max_tokens=jnp.full(B, cache_len - T, jnp.int32),
                            penalties=PenaltyState(jnp.asarray(counts0), jnp.asarray(mask0)))
 
-    holder = {"cache": cache.with_read_len(read_len)}
+    set_reads = reads or (lambda c: c)
+    holder = {"cache": set_reads(cache)}
 
     def decode(n):
         state = jax.block_until_ready(fresh_state())
@@ -604,7 +606,7 @@ def step_breakdown(lm, batch_size: int, prompt_len: int, cache_len: int,
                                              num_steps=n, num_top=0)
         jax.block_until_ready(chunk_out.tokens)
         dt = time.perf_counter() - t0
-        holder["cache"] = c.with_read_len(read_len)  # the donated cache comes back
+        holder["cache"] = set_reads(c)  # the donated cache comes back
         return dt
 
     decode(chunk), decode(1)  # compile both

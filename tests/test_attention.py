@@ -60,3 +60,63 @@ def test_every_backend_matches_reference(name, window):
 def test_unknown_backend():
     with pytest.raises(ValueError, match="available: dot_product_attention, xla"):
         get_attention("flash9000")
+
+
+def _ragged_case(T, seed=0):
+    """A one-layer contiguous cache whose rows hold 0 (pad row), 7, 13 and 20 past positions,
+    and a chunk of T new tokens per row: returns the naive reference too."""
+    from workbench.models.kv_cache import ContiguousKVCache
+
+    B, S, H, Hkv, D = 4, 24, 4, 2, 8
+    lens = np.array([0, 7, 13, 20])
+    ks = jax.random.split(jax.random.key(seed), 5)
+    q = jax.random.normal(ks[0], (B, T, H, D))
+    ck = jax.random.normal(ks[1], (1, B, S, Hkv, D))
+    cv = jax.random.normal(ks[2], (1, B, S, Hkv, D))
+    fk = jax.random.normal(ks[3], (B, T, Hkv, D))
+    fv = jax.random.normal(ks[4], (B, T, Hkv, D))
+    q_pos = lens[:, None] + np.arange(T)[None]
+    q_pos[0] = -1  # pad row
+    cache = ContiguousKVCache(k=ck, v=cv)
+    return cache, q, jnp.asarray(q_pos), (fk, fv), lens
+
+
+@pytest.mark.parametrize("T", [1, 2])
+@pytest.mark.parametrize("block_size", [1, 3, 8, 64])
+@pytest.mark.parametrize("window", [None, 4])
+def test_ragged_attention_matches_naive_over_each_rows_own_past(T, block_size, window):
+    from workbench.models.attention import ragged_attention
+    from workbench.models.kv_cache import blocks_needed, fresh_key_positions
+
+    cache, q, q_pos, (fk, fv), lens = _ragged_case(T)
+    need = blocks_needed(lens, block_size)
+    for spare in (0, 5):  # exactly enough blocks, and unused entries at the end
+        planned = cache.with_blocks(need + spare, block_size).plan(q_pos)
+        got = np.asarray(ragged_attention(q, q_pos, planned.read_ragged(0),
+                                          (fk, fv, fresh_key_positions(q_pos)),
+                                          sliding_window=window))
+        assert np.isfinite(got).all()
+        for b in range(1, 4):  # row b: its own past (positions < lens[b]) then the chunk
+            n = lens[b]
+            k = np.concatenate([np.asarray(cache.k[0, b, :n]), np.asarray(fk[b])])[None]
+            v = np.concatenate([np.asarray(cache.v[0, b, :n]), np.asarray(fv[b])])[None]
+            k_pos = np.arange(n + T)[None]
+            want = _naive(q[b:b + 1], k, v, np.asarray(q_pos[b:b + 1]), k_pos, window)
+            np.testing.assert_allclose(got[b], want[0], atol=1e-5)
+
+
+def test_ragged_plan_covers_each_row_exactly_and_too_few_blocks_show():
+    from workbench.models.attention import ragged_attention
+    from workbench.models.kv_cache import blocks_needed, fresh_key_positions
+
+    cache, q, q_pos, (fk, fv), lens = _ragged_case(1, seed=3)
+    assert blocks_needed(lens, 3) == 0 + 3 + 5 + 7
+    plan = cache.with_blocks(17, 3).plan(q_pos).blocks
+    seen = {(int(r), int(p)) for r, ps in zip(plan.row, plan.k_pos) for p in ps
+            if p != MASKED_POSITION}
+    assert seen == {(b, p) for b in range(4) for p in range(lens[b])}
+    fresh = (fk, fv, fresh_key_positions(q_pos))
+    full = ragged_attention(q, q_pos, cache.with_blocks(15, 3).plan(q_pos).read_ragged(0), fresh)
+    short = ragged_attention(q, q_pos, cache.with_blocks(14, 3).plan(q_pos).read_ragged(0), fresh)
+    assert np.abs(np.asarray(full[3]) - np.asarray(short[3])).max() > 1e-3  # last block dropped
+    np.testing.assert_allclose(np.asarray(full[:3]), np.asarray(short[:3]), atol=1e-6)

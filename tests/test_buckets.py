@@ -22,3 +22,24 @@ def test_pick_bucket_errors_name_the_largest():
     assert pick_bucket(17, (16, 32)) == 32
     with pytest.raises(ValueError, match="exceeds the largest bucket 32"):
         pick_bucket(33, (16, 32))
+
+
+def test_decode_reads_pick_the_smallest_size_that_covers_every_live_row():
+    from workbench.engines.decode_reads import DecodeReads
+    from workbench.models.kv_cache import blocks_needed
+
+    ragged = DecodeReads(max_model_len=512)
+    assert ragged.sizes(32, 512) == [16, 24, 32, 48, 64, 96, 128, 192, 256]
+    assert ragged.sizes(1, 512) == [1, 2, 3, 4, 6, 8]  # the last covers the whole cache
+    assert blocks_needed([0, 1, 64, 65, 500], 64) == 0 + 1 + 1 + 2 + 8
+    assert ragged.size_for([41] * 32, 32, 256) == 32  # one block per row
+    assert ragged.size_for([168] * 32, 32, 256) == 96  # three blocks per row
+    assert ragged.size_for([500, 20], 2, 512) == 12  # 8 + 1 blocks: not 2 rows x longest
+    assert ragged.size_for([9000], 1, 512) == 8  # lengths are capped by the cache
+    prefix = DecodeReads("prefix", max_model_len=512)
+    assert prefix.sizes(32, 256) == [64, 96, 128, 192, 256]
+    assert prefix.size_for([100, 20], 2, 256) == 128  # the longest row decides
+    with pytest.raises(ValueError, match="decode_read must be one of"):
+        DecodeReads("paged", max_model_len=64)
+    with pytest.raises(ValueError, match="block_size"):
+        DecodeReads(max_model_len=64, block_size=0)

@@ -67,19 +67,23 @@ def test_greedy_matches_transformers_on_tiny_models(arch, tiny_checkpoints):
         assert out.outputs[0].token_ids == ref, arch
 
 
-def test_reading_a_short_cache_prefix_per_chunk_keeps_parity(tiny_checkpoints):
-    """Each decode chunk reads only the cache prefix it can reach (`read_buckets`). With every
-    length a bucket and tiny chunks, the read length changes at every chunk; reading even one
-    position too few changes the logprobs against an engine that reads the whole cache."""
+@pytest.mark.parametrize("reads", [
+    dict(decode_read="prefix", read_buckets=tuple(range(8, 129))),
+    dict(decode_read="ragged", block_size=3, block_buckets=tuple(range(1, 87))),
+], ids=["prefix", "ragged"])
+def test_reading_only_what_each_chunk_can_see_keeps_parity(tiny_checkpoints, reads):
+    """Each decode chunk reads only the cached positions its rows can see by its last step: a
+    common prefix (`read_buckets`) or each row's own blocks (ragged). With every size a bucket
+    and tiny chunks the read size changes at every chunk; reading one position (or block) too
+    few changes the logprobs against an engine that reads the whole cache."""
     lm = load_model(tiny_checkpoints["llama"][0], progress=False)
     prompts = [[5, 9, 14, 3, 77], list(range(10, 31))]
     sp = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True, logprobs=True)
     outs = {}
-    for name, buckets in (("prefix", tuple(range(8, 129))), ("whole", (128,))):
-        eng = vInference(lm, max_batch_size=2, max_model_len=128, streaming_chunk=3,
-                         read_buckets=buckets)
+    for name, kw in (("reads", reads), ("whole", dict(decode_read="prefix", read_buckets=(128,)))):
+        eng = vInference(lm, max_batch_size=2, max_model_len=128, streaming_chunk=3, **kw)
         outs[name] = eng.generate(prompts, sp)
-    for a, b in zip(outs["prefix"], outs["whole"]):
+    for a, b in zip(outs["reads"], outs["whole"]):
         assert a.outputs[0].token_ids == b.outputs[0].token_ids
         lp_a = [lp.logprob for lp in a.outputs[0].logprobs]
         lp_b = [lp.logprob for lp in b.outputs[0].logprobs]

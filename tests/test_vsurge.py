@@ -162,18 +162,23 @@ def test_interleaved_mode_gives_the_same_tokens(embedded, reference):
     assert [o.outputs[0].token_ids for o in outs] == [expected[r[0]].token_ids for r in reqs[:6]]
 
 
-def test_reading_a_short_cache_prefix_per_step_keeps_logprobs(tiny_llama):
-    """Each decode step reads only the cache prefix the live rows can reach (`read_buckets`);
-    with every length a bucket, reading one position too few would change the logprobs."""
+@pytest.mark.parametrize("reads", [
+    dict(decode_read="prefix", read_buckets=tuple(range(4, 129))),
+    dict(decode_read="ragged", block_size=3, block_buckets=tuple(range(1, 87))),
+], ids=["prefix", "ragged"])
+def test_reading_only_what_live_rows_can_see_keeps_logprobs(tiny_llama, reads):
+    """Each decode step reads only the cached positions the live rows can see: a common prefix
+    (`read_buckets`) or each row's own blocks (ragged); with every size a bucket, reading one
+    position (or block) too few would change the logprobs."""
     import numpy as np
 
     prompts = [[5, 9, 14, 3, 77], list(range(10, 31)), [100, 101]]
     sps = [SamplingParams(max_tokens=n, temperature=0, ignore_eos=True, logprobs=True)
            for n in (30, 12, 40)]
-    whole = vInference(tiny_llama, max_batch_size=4, max_model_len=128,
+    whole = vInference(tiny_llama, max_batch_size=4, max_model_len=128, decode_read="prefix",
                        read_buckets=(128,)).generate(prompts, sps)
     with vSurge(tiny_llama, max_concurrent_decodes=2, max_concurrent_prefill=1,
-                max_model_len=128, read_buckets=tuple(range(4, 129))) as eng:
+                max_model_len=128, **reads) as eng:
         outs = eng.generate(prompts, sps)
     for a, b in zip(outs, whole):
         assert a.outputs[0].token_ids == b.outputs[0].token_ids

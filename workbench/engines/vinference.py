@@ -6,9 +6,8 @@ runs to completion: pad to a (batch, prefill length) bucket -> one prefill that 
 token -> a jitted `lax.while_loop` decode over a donated contiguous KV cache, `streaming_chunk`
 steps per dispatch -> the host detokenizes each chunk, applies stop strings and streams deltas.
 The next chunk is dispatched before the host reads the current one (JAX dispatch is asynchronous),
-unless a stop string may end a row early. Each chunk reads only the cache prefix its positions can
-reach, rounded up to one of `read_buckets` (decode attention costs time per position read: on a
-2-core CPU a batch-32 step reading 256 positions is ~25% slower than one reading 128).
+unless a stop string may end a row early. Each chunk reads only the cached positions its rows can
+see by its last step (`decode_reads.py`: ragged blocks per row by default, or a common prefix).
 """
 
 from __future__ import annotations
@@ -22,7 +21,8 @@ import numpy as np
 
 from workbench.engines.base import Engine
 from workbench.engines.batching import build_prefill_batch, to_logprob
-from workbench.engines.buckets import fine_buckets, pick_bucket, pow2_buckets
+from workbench.engines.buckets import pick_bucket, pow2_buckets
+from workbench.engines.decode_reads import DecodeReads
 from workbench.engines.model_runner import DecodeState, runner_for
 from workbench.engines.request import Request, Sequence
 from workbench.engines.types import Prompt, RequestOutput
@@ -40,7 +40,8 @@ class vInference(Engine):  # noqa: N801 - the engine's name
     def __init__(self, model: LoadedModel, *, max_batch_size: int = 32,
                  max_model_len: int | None = None, prefill_buckets: tuple[int, ...] | None = None,
                  batch_buckets: tuple[int, ...] | None = None, streaming_chunk: int = 16,
-                 cache_buckets: tuple[int, ...] | None = None,
+                 cache_buckets: tuple[int, ...] | None = None, decode_read: str = "ragged",
+                 block_size: int = 64, block_buckets: tuple[int, ...] | None = None,
                  read_buckets: tuple[int, ...] | None = None):
         super().__init__(model, max_model_len=max_model_len)
         if max_batch_size < 1:
@@ -52,10 +53,10 @@ class vInference(Engine):  # noqa: N801 - the engine's name
         # Cache lengths are powers of two (few shapes, so few compilations) up to max_model_len.
         self.cache_buckets = tuple(sorted(cache_buckets or pow2_buckets(
             min(128, self.max_model_len), self.max_model_len)))
-        # A decode chunk reads only the cache prefix its positions can reach (attention cost
-        # grows with the length read), rounded up to one of these.
-        self.read_buckets = tuple(sorted(read_buckets or fine_buckets(
-            min(64, self.max_model_len), self.max_model_len)))
+        # What a decode chunk reads of the cache: see decode_reads.py.
+        self.reads = DecodeReads(decode_read, max_model_len=self.max_model_len,
+                                 block_size=block_size, read_buckets=read_buckets,
+                                 block_buckets=block_buckets)
         self.prefill_buckets = tuple(sorted(prefill_buckets or pow2_buckets(16, self.max_model_len)))
         self.batch_buckets = tuple(sorted(batch_buckets or pow2_buckets(1, max_batch_size)))
         if self.prefill_buckets[-1] < self.max_model_len - 1:
@@ -173,15 +174,16 @@ class vInference(Engine):  # noqa: N801 - the engine's name
         def dispatch(cache, state):
             nonlocal steps
             # Step j (0-based over the whole decode) writes row i's token at lens[i] + j and
-            # attends to the cached positions before it: this chunk needs the first
-            # max(lens) + last j of the chunk cached positions, and nothing after them.
-            need = max(lens) + steps + self.streaming_chunk - 1
-            read_len = min(pick_bucket(min(need, S), self.read_buckets), S)
+            # attends to the cached positions before it: by the chunk's last step row i sees
+            # lens[i] + steps + chunk - 1 cached positions (rows finished on the host are done on
+            # the device too, and read nothing).
+            seen = [n + steps + self.streaming_chunk - 1
+                    for n, (_, s) in zip(lens, live) if not s.finished]
             steps += self.streaming_chunk
             state = self._merge_host_done(state, live, B)  # aborts, stop strings
-            out = self.runner.decode_loop(state_params, cache.with_read_len(read_len), state,
+            out = self.runner.decode_loop(state_params, self.reads.apply(cache, seen, B), state,
                                           sampling, num_steps=self.streaming_chunk, num_top=K)
-            return out[0], out[1].with_read_len(None), out[2]
+            return out[0], self.reads.reset(out[1]), out[2]
 
         while not all(s.finished for _, s in live):
             if pending is None:

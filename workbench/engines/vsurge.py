@@ -14,7 +14,7 @@ iteration k+1, and the only transfer back is the sampled token ids (plus logprob
 The decode step costs what its shape costs, so the driver keeps the shape small: it decodes only
 the power-of-two bucket of front slots that hold live requests (slots fill lowest-first, and when
 the live ones would fit a smaller bucket the stragglers' cache rows and decode state move to the
-front), and it reads only the cache prefix the live rows can attend to (`read_buckets`).
+front), and it reads only the cached positions the live rows can see (`decode_reads.py`).
 `stop()` ends the thread, aborts what is left and frees the cache; `start()` may follow again.
 """
 
@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench.engines.base import Engine
-from workbench.engines.buckets import fine_buckets, pick_bucket, pow2_buckets
+from workbench.engines.buckets import pick_bucket, pow2_buckets
+from workbench.engines.decode_reads import DecodeReads
 from workbench.engines.model_runner import DecodeState, runner_for
 from workbench.engines.output_stream import OutputStream
 from workbench.engines.request import Request
@@ -55,7 +56,9 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
                  max_concurrent_prefill: int = 4, max_prefill_length: int | None = None,
                  prefill_buckets: tuple[int, ...] | None = None, max_model_len: int | None = 2048,
                  interleaved_mode: bool = False, scheduling_policy: str = "fcfs",
-                 max_waiting: int = 1024, read_buckets: tuple[int, ...] | None = None):
+                 max_waiting: int = 1024, decode_read: str = "ragged", block_size: int = 64,
+                 block_buckets: tuple[int, ...] | None = None,
+                 read_buckets: tuple[int, ...] | None = None):
         super().__init__(model, max_model_len=max_model_len)
         self.max_concurrent_decodes = max_concurrent_decodes
         self.max_concurrent_prefill = max_concurrent_prefill
@@ -67,8 +70,10 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
         if self.prefill_buckets[-1] < self.max_prefill_length:
             raise ValueError(f"largest prefill bucket {self.prefill_buckets[-1]} is below "
                              f"max_prefill_length {self.max_prefill_length}")
-        self.read_buckets = tuple(sorted(read_buckets or fine_buckets(
-            min(64, self.max_model_len), self.max_model_len)))
+        # What a decode step reads of the cache: see decode_reads.py.
+        self.reads = DecodeReads(decode_read, max_model_len=self.max_model_len,
+                                 block_size=block_size, read_buckets=read_buckets,
+                                 block_buckets=block_buckets)
         self.batch_buckets = pow2_buckets(1, max_concurrent_prefill)
         self.row_buckets = pow2_buckets(1, max_concurrent_decodes)  # decode batch sizes
         self.interleaved_mode = interleaved_mode
@@ -89,7 +94,6 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
         self._inflight: list = []
         self._freed = False
         self._num_top = 0
-        self._read_len = self.read_buckets[0]
         self._num_rows = max_concurrent_decodes
         # Per driver iteration: wall seconds, and host seconds (wall minus the time blocked
         # waiting for the device's sampled tokens): the host overhead of one step.
@@ -407,13 +411,12 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
                 seeds=[o.sequence.seed if o is not None else 0 for o in rows])
             self._sampling_owners = owners
             self._num_top = top_logprob_width([p for p in params if p is not None])
-        # Read only the cache prefix the live rows can attend to this step. The device may be up
+        # Read only the cached positions the live rows can see this step. The device may be up
         # to two tokens ahead of the host's count (one step in flight, one not yet read back).
-        need = max((len(o.request.prompt_ids) + len(o.sequence.output_ids) + 2
-                    for o in owners if o is not None), default=1)
-        self._read_len = pick_bucket(min(need, self.max_model_len), self.read_buckets)
+        seen = [len(o.request.prompt_ids) + len(o.sequence.output_ids) + 2
+                for o in owners if o is not None]
         self._state, cache, chunk = self.runner.decode_loop(
-            self.model.state, self._cache.with_read_len(self._read_len), self._state,
+            self.model.state, self.reads.apply(self._cache, seen, self._num_rows), self._state,
             self._sampling, num_steps=1, num_top=self._num_top, num_rows=self._num_rows)
-        self._cache = cache.with_read_len(None)
+        self._cache = self.reads.reset(cache)
         return chunk

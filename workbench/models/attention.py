@@ -87,6 +87,47 @@ def _merged_xla_attention(q, blocks, q_pos, sliding_window, scale=None):
     return out.reshape(B, T, H, D)
 
 
+def ragged_attention(q, q_pos, cached, fresh, *, sliding_window=None, scale=None):
+    """Attention of q `[B, T, H, D]` (positions `[B, T]`) over a ragged cached past plus the
+    current chunk, in plain jnp.
+
+    cached: (keys `[P, S, Hkv, D]`, values `[P, S, Hkv, D]`, row `[P]`, key positions `[P, S]`):
+        P gathered blocks of S positions, block p belonging to query row `row[p]` (see
+        `kv_cache.plan_blocks`); invisible entries carry MASKED_POSITION.
+    fresh: (keys `[B, T, Hkv, D]`, values, key positions `[B, T]`) of the current chunk.
+
+    Each block gets its own softmax statistics (max, sum, weighted values); the blocks of a row
+    and its fresh keys are then merged with segment reductions over `row`, the same arithmetic as
+    a softmax over the row's concatenated keys.
+    """
+    B, T, H, D = q.shape
+    ck, cv, row, c_pos = cached
+    fk, fv, f_pos = fresh
+    Hkv = fk.shape[2]
+    scale = D**-0.5 if scale is None else scale
+    qg = q.reshape(B, T, Hkv, H // Hkv, D)
+
+    def block_stats(qg, k, v, q_pos, k_pos):  # per block: max, sum of exp, exp-weighted values
+        s = jnp.einsum("ntkgd,nskd->nkgts", qg, k.astype(q.dtype),
+                       preferred_element_type=jnp.float32) * scale
+        mask = visibility_mask(q_pos, k_pos, sliding_window)[:, None, None]  # [N, 1, 1, T, S]
+        s = jnp.where(mask, s, _NEG)
+        m = s.max(-1)  # [N, Hkv, G, T]
+        e = jnp.where(mask, jnp.exp(s - m[..., None]), 0.0)
+        o = jnp.einsum("nkgts,nskd->nkgtd", e.astype(q.dtype), v.astype(q.dtype),
+                       preferred_element_type=jnp.float32)
+        return m, e.sum(-1), o
+
+    m_c, l_c, o_c = block_stats(qg[row], ck, cv, q_pos[row], c_pos)  # [P, ...]
+    m_f, l_f, o_f = block_stats(qg, fk, fv, q_pos, f_pos)  # [B, ...]
+    m = jnp.maximum(jax.ops.segment_max(m_c, row, num_segments=B), m_f)  # [B, Hkv, G, T]
+    w_c, w_f = jnp.exp(m_c - m[row]), jnp.exp(m_f - m)
+    denom = jax.ops.segment_sum(l_c * w_c, row, num_segments=B) + l_f * w_f
+    out = jax.ops.segment_sum(o_c * w_c[..., None], row, num_segments=B) + o_f * w_f[..., None]
+    out = out / jnp.maximum(denom, jnp.finfo(jnp.float32).tiny)[..., None]  # pad rows: 0
+    return out.transpose(0, 3, 1, 2, 4).reshape(B, T, H, D).astype(q.dtype)
+
+
 def attend(backend: str, q, blocks, q_pos, *, sliding_window=None):
     """Attention of q `[B, T, H, D]` over one or more (keys, values, key positions) blocks, e.g.
     the cached past and the current chunk. The XLA backend merges blocks without a copy; other

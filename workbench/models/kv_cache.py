@@ -10,6 +10,12 @@ Attention combines the cached block with the fresh keys of the current chunk (se
 `attention.attend`), so a decode step never copies or scatters the cache inside the layer loop;
 the only write is one small scatter of the new tokens into the donated buffer.
 
+Decode can read ragged (`ContiguousKVCache.with_blocks`): the model first calls
+`cache.plan(positions)`, which lists, for every row, the blocks of `block_size` cached positions
+that row can see (its own length, not the batch's longest); attention layer l then calls
+`cache.read_ragged(l)` and gets those blocks gathered as `[P, block_size, Hkv, D]` plus the row each
+belongs to. A batch of rows with mixed lengths costs the sum of their lengths, not rows x longest.
+
 Both layouts fit:
 - `ContiguousKVCache` (vInference, vSurge): row b's token at position p lives at `[:, b, p]`.
 - a paged cache (eSurge): row b's token at position p lives in page `page_table[b, p // P]` at
@@ -32,8 +38,49 @@ import jax.numpy as jnp
 from workbench.models.attention import MASKED_POSITION
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class BlockPlan:
+    """The cached blocks a ragged read gathers: entry p is input row `row[p]`'s positions
+    `pos[p]` `[block_size]`; `k_pos[p]` is the same with MASKED_POSITION where the entry is not
+    visible (past the row's length, or an unused entry after the last block)."""
+
+    row: jnp.ndarray  # [P] i32 input row of each block
+    pos: jnp.ndarray  # [P, block_size] i32 cache positions to gather (clipped into range)
+    k_pos: jnp.ndarray  # [P, block_size] i32 key positions for the attention mask
+
+
+def plan_blocks(lengths: jnp.ndarray, num_blocks: int, block_size: int, max_len: int) -> BlockPlan:
+    """Cover the first `lengths[b]` positions of every row with blocks of `block_size`, rows one
+    after another, in `num_blocks` entries (static). Entries past the last block are unused.
+    The caller guarantees `num_blocks >= sum(ceil(lengths / block_size))` (see
+    `blocks_needed`); blocks beyond `num_blocks` would be dropped."""
+    nb = (lengths + block_size - 1) // block_size  # [B] blocks per row
+    ends = jnp.cumsum(nb)
+    p = jnp.arange(num_blocks)
+    row = jnp.minimum(jnp.searchsorted(ends, p, side="right"), lengths.shape[0] - 1)
+    first = (ends - nb)[row]  # index of the row's first block
+    pos = (p - first)[:, None] * block_size + jnp.arange(block_size)[None]  # [P, block]
+    visible = (p < ends[-1])[:, None] & (pos < lengths[row][:, None])
+    return BlockPlan(row=row.astype(jnp.int32),
+                     pos=jnp.minimum(pos, max_len - 1).astype(jnp.int32),
+                     k_pos=jnp.where(visible, pos, MASKED_POSITION).astype(jnp.int32))
+
+
+def blocks_needed(lengths, block_size: int) -> int:
+    """Host side of `plan_blocks`: how many blocks rows of these visible lengths need."""
+    return sum(-(-int(n) // block_size) for n in lengths if n > 0)
+
+
 class KVCache(abc.ABC):
     """What the model needs from a cache."""
+
+    blocks: "BlockPlan | None" = None  # set by `plan` when reads are ragged
+
+    def plan(self, positions: jnp.ndarray) -> "KVCache":
+        """Prepare this forward pass's reads for query positions `[B, T]`; a cache that reads
+        densely returns itself."""
+        return self
 
     @abc.abstractmethod
     def read(self, layer: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
@@ -57,6 +104,10 @@ class ContiguousKVCache(KVCache):
     v: jnp.ndarray  # [L, B, S, Hkv, D]
     rows: jnp.ndarray | None = None  # [b] cache row of each input row (None: row i -> row i)
     read_len: int | None = dataclasses.field(default=None, metadata=dict(static=True))
+    # Ragged reads: at most `read_blocks` blocks of `block_size` positions per forward pass.
+    read_blocks: int | None = dataclasses.field(default=None, metadata=dict(static=True))
+    block_size: int = dataclasses.field(default=64, metadata=dict(static=True))
+    blocks: BlockPlan | None = None
 
     @classmethod
     def create(cls, num_layers, batch_size, max_len, num_kv_heads, head_dim, dtype, sharding=None):
@@ -78,6 +129,32 @@ class ContiguousKVCache(KVCache):
         if read_len is not None and not 0 < read_len <= self.max_len:
             raise ValueError(f"read_len {read_len} must be in [1, {self.max_len}]")
         return dataclasses.replace(self, read_len=read_len)
+
+    def with_blocks(self, read_blocks: int | None, block_size: int = 64) -> "ContiguousKVCache":
+        """Read ragged: each row gathers only the blocks of `block_size` positions it can see,
+        `read_blocks` (static) blocks in all; None reads densely again."""
+        if read_blocks is not None and (read_blocks < 1 or block_size < 1):
+            raise ValueError(f"read_blocks {read_blocks} and block_size {block_size} must be >= 1")
+        return dataclasses.replace(self, read_blocks=read_blocks, block_size=block_size,
+                                   blocks=None)
+
+    def plan(self, positions):
+        if self.read_blocks is None:
+            return self
+        # The past a chunk may see: positions before its first (see `Attention`); pads see none.
+        start = jnp.min(jnp.where(positions >= 0, positions, self.max_len), axis=1)
+        lengths = jnp.where(jnp.any(positions >= 0, axis=1), start, 0)
+        plan = plan_blocks(lengths, self.read_blocks, self.block_size, self.max_len)
+        return dataclasses.replace(self, blocks=plan)
+
+    def read_ragged(self, layer):
+        """Ragged read of `layer` (after `plan`): keys and values `[P, block_size, Hkv, D]`, the
+        input row of each block `[P]` and key positions `[P, block_size]`."""
+        plan = self.blocks
+        rows = plan.row if self.rows is None else self.rows[plan.row]
+        keys = self.k[layer, rows[:, None], plan.pos]
+        values = self.v[layer, rows[:, None], plan.pos]
+        return keys, values, plan.row, plan.k_pos
 
     def with_rows(self, rows: jnp.ndarray | None) -> "ContiguousKVCache":
         """Map input row i to cache row `rows[i]` (out-of-range rows are dropped on write): a
@@ -110,7 +187,7 @@ class ContiguousKVCache(KVCache):
         rows = self._rows(b)[:, None]  # [b, 1]
         k = self.k.at[:, rows, idx].set(ks.astype(self.k.dtype), mode="drop")
         v = self.v.at[:, rows, idx].set(vs.astype(self.v.dtype), mode="drop")
-        return dataclasses.replace(self, k=k, v=v)
+        return dataclasses.replace(self, k=k, v=v, blocks=None)
 
 
 def fresh_key_positions(positions: jnp.ndarray) -> jnp.ndarray:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from workbench.models.attention import MASKED_POSITION, attend
+from workbench.models.attention import MASKED_POSITION, attend, ragged_attention
 from workbench.models.config import ModelConfig
 from workbench.models.kv_cache import KVCache, fresh_key_positions
 from workbench.models.rope import apply_rope, inv_frequencies, rope_cos_sin
@@ -62,7 +62,13 @@ class Attention(nnx.Module):
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        blocks = [(k, v, fresh_key_positions(positions))]  # the current chunk
+        fresh = (k, v, fresh_key_positions(positions))  # the current chunk
+        if cache is not None and attend_cache and cache.blocks is not None:
+            # ragged: each row reads only the cached blocks it can see (see kv_cache.py)
+            out = ragged_attention(q, positions, cache.read_ragged(layer), fresh,
+                                   sliding_window=self.sliding_window)
+            return self.o_proj(out.reshape(B, T, H * D)), (k, v)
+        blocks = [fresh]
         if cache is not None and attend_cache:
             ck, cv, c_pos = cache.read(layer)
             # The cache holds the past: entries at or after the chunk's first position are stale
@@ -134,6 +140,8 @@ class CausalLM(nnx.Module):
         x = self.embed_tokens(input_ids)  # [B, T, D]
         cos, sin = rope_cos_sin(positions, self.inv_freq[...], self.dtype)
         layer_def, layer_state = nnx.split(self.layers)
+        if cache is not None and attend_cache:
+            cache = cache.plan(positions)  # ragged reads: which cached blocks each row sees
 
         def body(x, xs):
             state, layer = xs
