@@ -339,14 +339,12 @@ def warm_vinference(eng, w: Workload, max_batch: int) -> None:
                             done=jnp.asarray(np.zeros(B, bool)),
                             max_tokens=jnp.asarray([2] * B, jnp.int32),
                             penalties=penalties.update(out.tokens))
-        # every read size a chunk of this batch can pick: from one block per row (or the
-        # prompt bucket) up to the whole cache
+        # every read size a chunk of this batch can pick (rows finish at different steps, so
+        # late chunks read little)
         for size in eng.reads.sizes(B, S):
-            if size < (T if eng.reads.mode == "prefix" else B):
-                continue
             state, cache, chunk = eng.runner.decode_loop(
                 lm.state, eng.reads.with_size(cache, size), state, sampling,
-                num_steps=1, num_top=0)
+                num_steps=eng.streaming_chunk, num_top=0)
             cache = eng.reads.reset(cache)
             jax.block_until_ready(chunk.tokens)
 
@@ -437,6 +435,8 @@ def main(argv=None):
                 engines[name] = vSurge(lm, max_concurrent_decodes=args.slots,
                                        max_concurrent_prefill=4, max_model_len=model_len,
                                        interleaved_mode=name.endswith("interleaved")).start()
+                if not args.patterns:  # equal-length runs only: they warm up themselves
+                    continue
                 C.log(f"warm-up {name}")
                 warm_vsurge(engines[name], args.min_len, args.max_len)
                 if name == "vsurge":  # the interleaved engine shares the compiled functions
@@ -450,8 +450,10 @@ def main(argv=None):
             t0 = time.perf_counter()
             engines["vinference"] = vInference(lm, max_batch_size=args.slots,
                                                max_model_len=model_len)
-            C.log("warm-up vinference")
-            warm_vinference(engines["vinference"], Workload(prompts, out_lens, []), args.slots)
+            if args.patterns:
+                C.log("warm-up vinference")
+                warm_vinference(engines["vinference"], Workload(prompts, out_lens, []),
+                                args.slots)
             warm_s["vinference"] = time.perf_counter() - t0
     C.log(f"warm-ups: {warm_s} (XLA backend compile {probe.seconds:.0f}s in {probe.count} "
           "compilations)")

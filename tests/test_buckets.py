@@ -39,6 +39,10 @@ def test_decode_reads_pick_the_smallest_size_that_covers_every_live_row():
     prefix = DecodeReads("prefix", max_model_len=512)
     assert prefix.sizes(32, 256) == [64, 96, 128, 192, 256]
     assert prefix.size_for([100, 20], 2, 256) == 128  # the longest row decides
+    from workbench.engines.decode_reads import default_decode_read
+
+    assert default_decode_read("xla") == "ragged"
+    assert default_decode_read("dot_product_attention") == "prefix"  # keeps the chosen kernel
     with pytest.raises(ValueError, match="decode_read must be one of"):
         DecodeReads("paged", max_model_len=64)
     with pytest.raises(ValueError, match="block_size"):

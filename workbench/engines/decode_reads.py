@@ -4,9 +4,10 @@ Decode attention costs time per cached position read, so each dispatch reads onl
 can see. The host knows (an upper bound of) every live row's visible length and picks a static
 read size from a few buckets, so jit compiles only a few shapes:
 
-- "ragged" (default): every row gathers only its own blocks of `block_size` positions
-  (`ContiguousKVCache.with_blocks`); the static size is the number of blocks in all, rounded up
-  to `block_buckets`. A batch of mixed lengths costs the sum of its lengths.
+- "ragged" (the default with the "xla" attention backend): every row gathers only its own
+  blocks of `block_size` positions (`ContiguousKVCache.with_blocks`); the static size is the
+  number of blocks in all, rounded up to `block_buckets`. A batch of mixed lengths costs the sum
+  of its lengths, and finished rows read nothing.
 - "prefix": every row reads the same prefix, up to the longest row's length rounded up to
   `read_buckets` (`ContiguousKVCache.with_read_len`). A batch costs rows x longest.
 
@@ -24,7 +25,16 @@ from workbench.models.kv_cache import ContiguousKVCache, blocks_needed
 DECODE_READS = ("ragged", "prefix")
 
 
+def default_decode_read(attention_backend: str) -> str:
+    """Ragged reads with the plain-XLA attention; with another backend (e.g. cuDNN's
+    `dot_product_attention` on GPU) decode keeps that backend, over a common prefix."""
+    return "ragged" if attention_backend == "xla" else "prefix"
+
+
 class DecodeReads:
+    """One engine's read policy: `apply(cache, lengths, rows)` before each decode dispatch,
+    `reset(cache)` after it; `sizes(rows, cache_len)` lists the shapes it can compile."""
+
     def __init__(self, mode: str = "ragged", *, max_model_len: int, block_size: int = 64,
                  read_buckets: Sequence[int] | None = None,
                  block_buckets: Sequence[int] | None = None):

@@ -22,7 +22,7 @@ import numpy as np
 from workbench.engines.base import Engine
 from workbench.engines.batching import build_prefill_batch, to_logprob
 from workbench.engines.buckets import pick_bucket, pow2_buckets
-from workbench.engines.decode_reads import DecodeReads
+from workbench.engines.decode_reads import DecodeReads, default_decode_read
 from workbench.engines.model_runner import DecodeState, runner_for
 from workbench.engines.request import Request, Sequence
 from workbench.engines.types import Prompt, RequestOutput
@@ -40,7 +40,7 @@ class vInference(Engine):  # noqa: N801 - the engine's name
     def __init__(self, model: LoadedModel, *, max_batch_size: int = 32,
                  max_model_len: int | None = None, prefill_buckets: tuple[int, ...] | None = None,
                  batch_buckets: tuple[int, ...] | None = None, streaming_chunk: int = 16,
-                 cache_buckets: tuple[int, ...] | None = None, decode_read: str = "ragged",
+                 cache_buckets: tuple[int, ...] | None = None, decode_read: str | None = None,
                  block_size: int = 64, block_buckets: tuple[int, ...] | None = None,
                  read_buckets: tuple[int, ...] | None = None):
         super().__init__(model, max_model_len=max_model_len)
@@ -54,7 +54,8 @@ class vInference(Engine):  # noqa: N801 - the engine's name
         self.cache_buckets = tuple(sorted(cache_buckets or pow2_buckets(
             min(128, self.max_model_len), self.max_model_len)))
         # What a decode chunk reads of the cache: see decode_reads.py.
-        self.reads = DecodeReads(decode_read, max_model_len=self.max_model_len,
+        self.reads = DecodeReads(decode_read or default_decode_read(model.attention_backend),
+                                 max_model_len=self.max_model_len,
                                  block_size=block_size, read_buckets=read_buckets,
                                  block_buckets=block_buckets)
         self.prefill_buckets = tuple(sorted(prefill_buckets or pow2_buckets(16, self.max_model_len)))
