@@ -69,7 +69,7 @@ def test_greedy_matches_transformers_on_tiny_models(arch, tiny_checkpoints):
 
 @pytest.mark.parametrize("reads", [
     dict(decode_read="prefix", read_buckets=tuple(range(8, 129))),
-    dict(decode_read="ragged", block_size=3, block_buckets=tuple(range(1, 87))),
+    dict(decode_read="ragged", block_size=8, block_buckets=tuple(range(1, 33))),
 ], ids=["prefix", "ragged"])
 def test_reading_only_what_each_chunk_can_see_keeps_parity(tiny_checkpoints, reads):
     """Each decode chunk reads only the cached positions its rows can see by its last step: a

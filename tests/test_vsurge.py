@@ -164,7 +164,7 @@ def test_interleaved_mode_gives_the_same_tokens(embedded, reference):
 
 @pytest.mark.parametrize("reads", [
     dict(decode_read="prefix", read_buckets=tuple(range(4, 129))),
-    dict(decode_read="ragged", block_size=3, block_buckets=tuple(range(1, 87))),
+    dict(decode_read="ragged", block_size=8, block_buckets=tuple(range(1, 33))),
 ], ids=["prefix", "ragged"])
 def test_reading_only_what_live_rows_can_see_keeps_logprobs(tiny_llama, reads):
     """Each decode step reads only the cached positions the live rows can see: a common prefix
