@@ -43,6 +43,8 @@ def test_decode_reads_pick_the_smallest_size_that_covers_every_live_row():
 
     assert default_decode_read("xla") == "ragged"
     assert default_decode_read("dot_product_attention") == "prefix"  # keeps the chosen kernel
+    assert DecodeReads(max_model_len=64, attention_backend="dot_product_attention").mode == "prefix"
+    assert DecodeReads(max_model_len=64).mode == "ragged"
     with pytest.raises(ValueError, match="decode_read must be one of"):
         DecodeReads("paged", max_model_len=64)
     with pytest.raises(ValueError, match="block_size"):

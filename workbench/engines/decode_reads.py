@@ -35,9 +35,11 @@ class DecodeReads:
     """One engine's read policy: `apply(cache, lengths, rows)` before each decode dispatch,
     `reset(cache)` after it; `sizes(rows, cache_len)` lists the shapes it can compile."""
 
-    def __init__(self, mode: str = "ragged", *, max_model_len: int, block_size: int = 64,
+    def __init__(self, mode: str | None = None, *, max_model_len: int,
+                 attention_backend: str = "xla", block_size: int = 64,
                  read_buckets: Sequence[int] | None = None,
                  block_buckets: Sequence[int] | None = None):
+        mode = mode or default_decode_read(attention_backend)
         if mode not in DECODE_READS:
             raise ValueError(f"decode_read must be one of {DECODE_READS}, got {mode!r}")
         if block_size < 1:

@@ -22,7 +22,7 @@ import numpy as np
 from workbench.engines.base import Engine
 from workbench.engines.batching import build_prefill_batch, to_logprob
 from workbench.engines.buckets import pick_bucket, pow2_buckets
-from workbench.engines.decode_reads import DecodeReads, default_decode_read
+from workbench.engines.decode_reads import DecodeReads
 from workbench.engines.model_runner import DecodeState, runner_for
 from workbench.engines.request import Request, Sequence
 from workbench.engines.types import Prompt, RequestOutput
@@ -54,8 +54,8 @@ class vInference(Engine):  # noqa: N801 - the engine's name
         self.cache_buckets = tuple(sorted(cache_buckets or pow2_buckets(
             min(128, self.max_model_len), self.max_model_len)))
         # What a decode chunk reads of the cache: see decode_reads.py.
-        self.reads = DecodeReads(decode_read or default_decode_read(model.attention_backend),
-                                 max_model_len=self.max_model_len,
+        self.reads = DecodeReads(decode_read, max_model_len=self.max_model_len,
+                                 attention_backend=model.attention_backend,
                                  block_size=block_size, read_buckets=read_buckets,
                                  block_buckets=block_buckets)
         self.prefill_buckets = tuple(sorted(prefill_buckets or pow2_buckets(16, self.max_model_len)))

@@ -34,7 +34,7 @@ import numpy as np
 
 from workbench.engines.base import Engine
 from workbench.engines.buckets import pick_bucket, pow2_buckets
-from workbench.engines.decode_reads import DecodeReads, default_decode_read
+from workbench.engines.decode_reads import DecodeReads
 from workbench.engines.model_runner import DecodeState, runner_for
 from workbench.engines.output_stream import OutputStream
 from workbench.engines.request import Request
@@ -71,8 +71,8 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
             raise ValueError(f"largest prefill bucket {self.prefill_buckets[-1]} is below "
                              f"max_prefill_length {self.max_prefill_length}")
         # What a decode step reads of the cache: see decode_reads.py.
-        self.reads = DecodeReads(decode_read or default_decode_read(model.attention_backend),
-                                 max_model_len=self.max_model_len,
+        self.reads = DecodeReads(decode_read, max_model_len=self.max_model_len,
+                                 attention_backend=model.attention_backend,
                                  block_size=block_size, read_buckets=read_buckets,
                                  block_buckets=block_buckets)
         self.batch_buckets = pow2_buckets(1, max_concurrent_prefill)
