@@ -283,7 +283,8 @@ def load_hf_model(lm, dtype: str, device: str, threads: int | None = None):
     if lm.path:
         model = AutoModelForCausalLM.from_pretrained(lm.path, dtype=tdtype)
     else:
-        model = AutoModelForCausalLM.from_config(hf_config_from(lm), dtype=tdtype)
+        with torch.device(device):  # random init on the device: seconds, not a minute on CPU
+            model = AutoModelForCausalLM.from_config(hf_config_from(lm), dtype=tdtype)
     return model.to(device).eval()
 
 
