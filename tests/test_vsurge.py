@@ -154,22 +154,29 @@ def test_overload_validation_and_restart(embedded):
     assert not any(t.name == "vsurge-driver" for t in threading.enumerate())
 
 
-def test_interleaved_mode_gives_the_same_tokens(embedded, reference):
+@pytest.mark.parametrize("interleaved, decode_steps", [(True, 1), (False, 3)])
+def test_interleaved_mode_and_multi_step_decode_give_the_same_tokens(embedded, reference,
+                                                                    interleaved, decode_steps):
+    """Among the six: greedy and seeded rows and a stop string, which a multi-step chunk can run
+    past on the device (the host cuts the text and frees the slot)."""
     reqs, expected = reference
+    assert any(sp.stop for _, _, sp, _ in reqs[:6]) and any(sp.seed for _, _, sp, _ in reqs[:6])
     with vSurge(embedded, max_concurrent_decodes=4, max_concurrent_prefill=1, max_model_len=512,
-                interleaved_mode=True) as eng:
+                interleaved_mode=interleaved, decode_steps=decode_steps) as eng:
         outs = eng.generate([ids for _, ids, _, _ in reqs[:6]], [sp for _, _, sp, _ in reqs[:6]])
     assert [o.outputs[0].token_ids for o in outs] == [expected[r[0]].token_ids for r in reqs[:6]]
 
 
+@pytest.mark.parametrize("decode_steps", [1, 3])
 @pytest.mark.parametrize("reads", [
     dict(decode_read="prefix", read_buckets=tuple(range(4, 129))),
     dict(decode_read="ragged", block_size=8, block_buckets=tuple(range(1, 33))),
 ], ids=["prefix", "ragged"])
-def test_reading_only_what_live_rows_can_see_keeps_logprobs(tiny_llama, reads):
-    """Each decode step reads only the cached positions the live rows can see: a common prefix
-    (`read_buckets`) or each row's own blocks (ragged); with every size a bucket, reading one
-    position (or block) too few would change the logprobs."""
+def test_reading_only_what_live_rows_can_see_keeps_logprobs(tiny_llama, reads, decode_steps):
+    """Each decode iteration reads only the cached positions the live rows can see: a common
+    prefix (`read_buckets`) or each row's own blocks (ragged); with every size a bucket, reading
+    one position (or block) too few would change the logprobs. With several decode steps per
+    iteration the rows run further ahead of the host's count."""
     import numpy as np
 
     prompts = [[5, 9, 14, 3, 77], list(range(10, 31)), [100, 101]]
@@ -178,7 +185,7 @@ def test_reading_only_what_live_rows_can_see_keeps_logprobs(tiny_llama, reads):
     whole = vInference(tiny_llama, max_batch_size=4, max_model_len=128, decode_read="prefix",
                        read_buckets=(128,)).generate(prompts, sps)
     with vSurge(tiny_llama, max_concurrent_decodes=2, max_concurrent_prefill=1,
-                max_model_len=128, **reads) as eng:
+                max_model_len=128, decode_steps=decode_steps, **reads) as eng:
         outs = eng.generate(prompts, sps)
     for a, b in zip(outs, whole):
         assert a.outputs[0].token_ids == b.outputs[0].token_ids
@@ -186,11 +193,45 @@ def test_reading_only_what_live_rows_can_see_keeps_logprobs(tiny_llama, reads):
                                    [lp.logprob for lp in b.outputs[0].logprobs], atol=1e-5)
 
 
+def test_decode_steps_default_and_validation(tiny_llama):
+    from workbench.engines.vsurge import default_decode_steps
+
+    assert default_decode_steps("cpu") == 1 and default_decode_steps("gpu") == 8
+    with pytest.raises(ValueError, match="decode_steps"):
+        vSurge(tiny_llama, decode_steps=0)
+    eng = vSurge(tiny_llama, max_model_len=64, decode_steps=5)
+    assert eng.decode_steps == 5
+    eng.close()
+
+
+@pytest.mark.parametrize("decode_steps", [1, 3])
+def test_a_fresh_row_reads_its_whole_past_while_its_prefill_is_unread(tiny_llama, decode_steps):
+    """The tightest case of the read bound: one request, so every decode iteration reads exactly
+    its row; in the iteration after its prefill the host has read none of its tokens while the
+    device is 1 + decode_steps tokens ahead, and this iteration caches decode_steps - 1 more
+    before its last step. With a read size per position, a bound one position short changes the
+    logprobs (checked: 2 * decode_steps - 2 fails)."""
+    import numpy as np
+
+    prompt = list(range(3, 20))
+    sp = SamplingParams(max_tokens=9, temperature=0, ignore_eos=True, logprobs=True)
+    whole = vInference(tiny_llama, max_batch_size=1, max_model_len=64, decode_read="prefix",
+                       read_buckets=(64,)).generate([prompt], sp)[0].outputs[0]
+    with vSurge(tiny_llama, max_concurrent_decodes=1, max_model_len=64, decode_read="prefix",
+                read_buckets=tuple(range(1, 65)), decode_steps=decode_steps) as eng:
+        out = eng.generate([prompt], sp)[0].outputs[0]
+    assert out.token_ids == whole.token_ids
+    np.testing.assert_allclose([lp.logprob for lp in out.logprobs],
+                               [lp.logprob for lp in whole.logprobs], atol=1e-5)
+
+
+@pytest.mark.parametrize("decode_steps", [1, 4])
 def test_straggler_in_a_high_slot_moves_to_the_front_and_keeps_its_tokens(tiny_llama,
-                                                                         monkeypatch):
+                                                                         monkeypatch,
+                                                                         decode_steps):
     """Slots free up anywhere; when the live ones fit a smaller decode batch, they move to the
     front (cache rows and decode state). The moved requests must continue exactly as before,
-    penalties and seeded sampling included."""
+    penalties and seeded sampling included, also when rows finish inside a multi-step chunk."""
     import numpy as np
 
     prompts = [[5, 9, 14], [7, 8], list(range(10, 31)), [100, 101, 102, 103],
@@ -201,7 +242,7 @@ def test_straggler_in_a_high_slot_moves_to_the_front_and_keeps_its_tokens(tiny_l
                               logprobs=True, frequency_penalty=0.5, repetition_penalty=1.3))
     expected = vInference(tiny_llama, max_batch_size=8, max_model_len=128).generate(prompts, sps)
     with vSurge(tiny_llama, max_concurrent_decodes=8, max_concurrent_prefill=8,
-                max_model_len=128) as eng:
+                max_model_len=128, decode_steps=decode_steps) as eng:
         moves = []
         move_rows = eng.runner.move_rows
 
@@ -211,8 +252,12 @@ def test_straggler_in_a_high_slot_moves_to_the_front_and_keeps_its_tokens(tiny_l
 
         monkeypatch.setattr(eng.runner, "move_rows", counting)
         outs = eng.generate(prompts, sps)
-    # 0-2 finish first: 4 moves to 0 (4 live fit 4 rows), 3 to 1 (2 live), then 1 to 0 (1 live)
-    assert [m for step in moves for m in step] == [(4, 0), (3, 1), (1, 0)]
+    moved = [m for step in moves for m in step]
+    if decode_steps == 1:
+        # 0-2 finish first: 4 moves to 0 (4 live fit 4 rows), 3 to 1 (2 live), then 1 to 0
+        assert moved == [(4, 0), (3, 1), (1, 0)]
+    else:  # 0-2 finish inside the first chunk: 3 and 4 move to the front together
+        assert moved == [(3, 0), (4, 1)]
     for a, b in zip(outs, expected):
         assert a.outputs[0].token_ids == b.outputs[0].token_ids
         np.testing.assert_allclose([lp.logprob for lp in a.outputs[0].logprobs],
