@@ -235,57 +235,6 @@ def run_transformers(model, w: Workload, max_batch: int, pad_id: int) -> list[Re
 # ---------------------------------------------------------------------------------------------
 
 
-def warm_vsurge(eng, lo: int, hi: int) -> None:
-    """One prefill per (prefill batch bucket, prompt bucket); decode shapes: `warm_vsurge_decode`."""
-    from workbench.sampling_params import SamplingParams
-
-    from workbench.engines.buckets import pick_bucket
-
-    sp = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
-    top = pick_bucket(min(hi, eng.max_prefill_length), eng.prefill_buckets)
-    for T in [b for b in eng.prefill_buckets if b <= top]:
-        T = min(T, eng.max_prefill_length, eng.max_model_len - 2)
-        for P in eng.batch_buckets[::-1]:
-            eng.generate([[7] * T] * P, sp)
-
-
-def warm_vsurge_decode(eng) -> int:
-    """Compile vSurge's decode step for every (live-row bucket x read size) it can pick, by
-    calling its jitted `decode_loop` once per shape with the argument structure the driver uses
-    (running whole generations to reach each shape would take minutes on a CPU). Engines without
-    row buckets decode all slots: nothing extra to compile. Returns the number of shapes."""
-    import jax
-    import jax.numpy as jnp
-
-    from workbench.engines.model_runner import DecodeState
-    from workbench.sampling_params import SamplingParams
-    from workbench.sampling_tensors import PenaltyState, SamplingTensors
-
-    rows_buckets = getattr(eng, "row_buckets", None)
-    if not rows_buckets:
-        return 0
-    lm, B, V = eng.model, eng.max_concurrent_decodes, eng.model.config.vocab_size
-    sp = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
-    n = 0
-    for R in rows_buckets:
-        sampling = SamplingTensors.from_params([sp] + [None] * (R - 1),
-                                               eos_token_ids=sorted(eng.eos_token_ids),
-                                               seeds=[0] * R)
-        for size in eng.reads.sizes(R, eng.max_model_len):
-            state = DecodeState(
-                tokens=jnp.zeros(B, jnp.int32), positions=jnp.zeros(B, jnp.int32),
-                output_pos=jnp.zeros(B, jnp.int32), done=jnp.ones(B, bool),
-                max_tokens=jnp.ones(B, jnp.int32),
-                penalties=PenaltyState(jnp.zeros((B, V), jnp.int32), jnp.zeros((B, V), bool)))
-            cache = eng.reads.with_size(lm.new_cache(B, eng.max_model_len), size)
-            _, _, chunk = eng.runner.decode_loop(lm.state, cache, state, sampling,
-                                                 num_steps=getattr(eng, "decode_steps", 1),
-                                                 num_top=0, num_rows=R)
-            jax.block_until_ready(chunk.tokens)
-            n += 1
-    return n
-
-
 def warm_vinference(eng, w: Workload, max_batch: int) -> None:
     """Compile vInference's prefill and decode chunk for the shapes static batches of this
     workload can take (batch bucket x prompt bucket x cache length), calling the engine's jitted
@@ -440,14 +389,10 @@ def main(argv=None):
                                        interleaved_mode=name.endswith("interleaved")).start()
                 if not args.patterns:  # equal-length runs only: they warm up themselves
                     continue
-                C.log(f"warm-up {name}")
-                warm_vsurge(engines[name], args.min_len, args.max_len)
-                if name == "vsurge":  # the interleaved engine shares the compiled functions
-                    try:
-                        warm_vsurge_decode(engines[name])
-                    except Exception as e:  # noqa: BLE001 - internals moved: compile in-run
-                        C.log(f"  decode warm-up skipped ({type(e).__name__}: {e}); compile "
-                              "time inside measured runs is reported per run")
+                if name == "vsurge" or "vsurge" not in engines:  # one set of shapes: the
+                    # engines share the model's compiled functions
+                    info = engines[name].precompile(max_prompt_len=args.max_len)
+                    C.log(f"warm-up {name}: precompile() {info}")
         warm_s["vsurge"] = time.perf_counter() - t0
         if "vinference" in args.engines:
             t0 = time.perf_counter()

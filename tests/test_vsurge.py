@@ -262,3 +262,28 @@ def test_straggler_in_a_high_slot_moves_to_the_front_and_keeps_its_tokens(tiny_l
         assert a.outputs[0].token_ids == b.outputs[0].token_ids
         np.testing.assert_allclose([lp.logprob for lp in a.outputs[0].logprobs],
                                    [lp.logprob for lp in b.outputs[0].logprobs], atol=1e-5)
+
+
+def test_precompile_compiles_every_shape_the_driver_dispatches(tiny_llama):
+    """After `precompile()`, a mixed workload (prompt lengths across the buckets, 1..4 live rows,
+    finishing at different steps, slot moves) compiles nothing new in the engine's functions."""
+    eng = vSurge(tiny_llama, max_concurrent_decodes=4, max_concurrent_prefill=2, max_model_len=64,
+                 block_size=8)
+    fns = [eng.runner.prefill_into_slots, eng.runner.decode_loop, eng.runner.move_rows]
+    with eng:
+        info = eng.precompile()
+        assert info["prefill"] == len(eng.prefill_buckets) * len(eng.batch_buckets)
+        assert info["decode"] == sum(len(eng.reads.sizes(r, 64)) for r in eng.row_buckets)
+        compiled = [f._cache_size() for f in fns]
+        prompts = [list(range(1, n + 1)) for n in (3, 17, 40, 9, 33, 5, 60)]
+        sps = [SamplingParams(max_tokens=m, temperature=0, ignore_eos=True)
+               for m in (2, 30, 20, 9, 3, 50, 4)]
+        outs = eng.generate(prompts, sps)
+        assert [len(o.outputs[0].token_ids) for o in outs] == [2, 30, 20, 9, 3, 50, 4]
+        # a straggler in the last slot moves to the front when the others finish
+        eng.generate([[5, 6]] * 4, [SamplingParams(max_tokens=m, temperature=0, ignore_eos=True)
+                                    for m in (2, 3, 4, 40)])
+        assert [f._cache_size() for f in fns] == compiled
+        eng.generate([[1, 2, 3]], SamplingParams(max_tokens=2))  # still serves
+    with pytest.raises(EngineError, match="closed"):
+        eng.precompile()

@@ -156,6 +156,61 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
             self.collector.set_running(0)
             self.collector.set_waiting(0)
 
+    def precompile(self, max_prompt_len: int | None = None) -> dict:
+        """Compile every shape the driver can dispatch, so that no request pays for compilation:
+        a prefill per (prefill batch bucket, prompt bucket) up to `max_prompt_len` (default
+        `max_prefill_length`), a decode chunk per (live-row bucket, read size) and a slot move
+        per move-list bucket. Call it on an idle engine, e.g. right after construction: it runs
+        the jitted functions on a scratch cache of the engine's size, freed at the end. Requests
+        that ask for top logprobs compile their own sampler width when they come.
+        Returns {"prefill": shapes, "decode": shapes, "seconds": wall seconds}."""
+        self._check_open()
+        if self._requests:
+            raise EngineError("precompile() needs an idle engine; requests are in flight")
+        t0 = time.perf_counter()
+        B, V = self.max_concurrent_decodes, self.model.config.vocab_size
+        eos = sorted(self.eos_token_ids)
+        sp = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
+
+        def idle_state():  # every row done: a decode loop compiles, then exits at once
+            return DecodeState(
+                tokens=jnp.zeros(B, jnp.int32), positions=jnp.zeros(B, jnp.int32),
+                output_pos=jnp.zeros(B, jnp.int32), done=jnp.ones(B, bool),
+                max_tokens=jnp.ones(B, jnp.int32),
+                penalties=PenaltyState(jnp.zeros((B, V), jnp.int32), jnp.zeros((B, V), bool)))
+
+        cache, state = self.model.new_cache(B, self.max_model_len), idle_state()
+        top = pick_bucket(min(max_prompt_len or self.max_prefill_length, self.max_prefill_length),
+                          self.prefill_buckets)
+        lengths = [T for T in self.prefill_buckets if T <= top]
+        for T in lengths:
+            for P in self.batch_buckets:  # as `_dispatch_prefill` builds them; slots: nowhere
+                b = build_prefill_batch([[1] * T] * P, [sp] * P, [0] * P, batch_size=P, length=T,
+                                        eos_token_ids=self.eos_token_ids, vocab_size=V)
+                nowhere = np.full(P, B, np.int32)
+                out, cache, state = self.runner.prefill_into_slots(
+                    self.model.state, cache, state, b.ids, b.positions, b.last_idx, nowhere,
+                    b.sampling, b.penalties.prompt_mask, np.ones(P, np.int32), num_top=b.num_top)
+                jax.block_until_ready(out.tokens)
+        n_decode = 0
+        for R in self.row_buckets:
+            sampling = SamplingTensors.from_params([sp] + [None] * (R - 1), eos_token_ids=eos,
+                                                   seeds=[0] * R)
+            for size in self.reads.sizes(R, self.max_model_len):
+                state, cache, chunk = self.runner.decode_loop(
+                    self.model.state, self.reads.with_size(cache, size), state, sampling,
+                    num_steps=self.decode_steps, num_top=0, num_rows=R)
+                cache = self.reads.reset(cache)
+                jax.block_until_ready(chunk.tokens)
+                n_decode += 1
+            nowhere = np.full(R, B, np.int32)  # out-of-range indices move nothing
+            cache, state = self.runner.move_rows(cache, state, nowhere, nowhere)
+        for x in jax.tree.leaves((cache, state)):
+            if isinstance(x, jax.Array) and not x.is_deleted():
+                x.delete()
+        return {"prefill": len(lengths) * len(self.batch_buckets), "decode": n_decode,
+                "seconds": time.perf_counter() - t0}
+
     def step_stats(self) -> dict:
         """Median wall and host-only milliseconds per driver iteration (host overhead probe)."""
         def median_ms(xs):
