@@ -14,37 +14,36 @@ iteration k+1, and the only transfer back is the sampled token ids (plus logprob
 The decode step costs what its shape costs, so the driver keeps the shape small: it decodes only
 the power-of-two bucket of front slots that hold live requests (slots fill lowest-first, and when
 the live ones would fit a smaller bucket the stragglers' cache rows and decode state move to the
-front), and it reads only the cached positions the live rows can see (`decode_reads.py`).
-`stop()` ends the thread, aborts what is left and frees the cache; `start()` may follow again.
+front), and it reads only the cached positions the live rows can see (`decode_reads.py`). The
+device arrays and the jitted calls on them live in `vsurge_slots.py`; this module is the host:
+submission, the driver loop, streaming. `stop()` ends the thread, aborts what is left and frees the cache; `start()` may follow again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import queue
 import threading
 import time
 from typing import AsyncIterator, Iterator
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from workbench.engines.base import Engine
+from workbench.engines.batching import to_logprob
 from workbench.engines.buckets import pick_bucket, pow2_buckets
 from workbench.engines.decode_reads import DecodeReads
-from workbench.engines.model_runner import DecodeState, runner_for
+from workbench.engines.model_runner import runner_for
 from workbench.engines.output_stream import OutputStream
 from workbench.engines.request import Request
 from workbench.engines.types import (EngineError, EngineOverloadedError, Prompt,
                                      PromptTooLongError, RequestOutput)
-from workbench.engines.batching import build_prefill_batch, to_logprob, top_logprob_width
 from workbench.engines.vsurge_scheduler import Assignment, VSurgeScheduler
+from workbench.engines.vsurge_slots import SlotDevice
 from workbench.loading.loader import LoadedModel
 from workbench.sampling_params import SamplingParams
-from workbench.sampling_tensors import PenaltyState, SamplingTensors
 
 
 def default_decode_steps(backend: str | None = None) -> int:
@@ -98,19 +97,20 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
             interleaved=interleaved_mode, policy=scheduling_policy, max_waiting=max_waiting)
         self.scheduler = VSurgeScheduler(**self._scheduler_kwargs)
         self.runner = runner_for(model.graphdef, model.attention_backend)
+        # the slots' device arrays and the jitted calls on them (vsurge_slots.py)
+        self.device = SlotDevice(
+            model, self.runner, self.reads, num_slots=max_concurrent_decodes,
+            max_model_len=self.max_model_len, decode_steps=self.decode_steps,
+            row_buckets=self.row_buckets, batch_buckets=self.batch_buckets,
+            prefill_buckets=self.prefill_buckets, eos_token_ids=self.eos_token_ids)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
         self._streams: dict[str, OutputStream] = {}
         self._requests: dict[str, Request] = {}
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._cache = self._state = None
-        self._sampling: SamplingTensors | None = None
-        self._sampling_owners: list | None = None
         self._inflight: list = []
         self._freed = False
-        self._num_top = 0
-        self._num_rows = max_concurrent_decodes
         # Per driver iteration: wall seconds, and host seconds (wall minus the time blocked
         # waiting for the device's sampled tokens): the host overhead of one step.
         self.step_times: collections.deque = collections.deque(maxlen=4096)
@@ -123,14 +123,7 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 return self
-            B, V = self.max_concurrent_decodes, self.model.config.vocab_size
-            self._cache = self.model.new_cache(B, self.max_model_len)
-            self._state = DecodeState(
-                tokens=jnp.zeros(B, jnp.int32), positions=jnp.zeros(B, jnp.int32),
-                output_pos=jnp.zeros(B, jnp.int32), done=jnp.ones(B, bool),
-                max_tokens=jnp.ones(B, jnp.int32),
-                penalties=PenaltyState(jnp.zeros((B, V), jnp.int32), jnp.zeros((B, V), bool)))
-            self._sampling_owners = None
+            self.device.allocate()
             self._stopping.clear()
             self._thread = threading.Thread(target=self._driver, name="vsurge-driver", daemon=True)
             self._thread.start()
@@ -147,10 +140,7 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
             for rid in list(self._requests):
                 self._finish_aborted(rid)
             self._drain_inbox(abort_new=True)
-            for x in jax.tree.leaves((self._cache, self._state)):
-                if isinstance(x, jax.Array) and not x.is_deleted():
-                    x.delete()
-            self._cache = self._state = self._sampling = None
+            self.device.free()
             self._inflight = []
             self.scheduler = VSurgeScheduler(**self._scheduler_kwargs)
             self.collector.set_running(0)
@@ -167,49 +157,8 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
         self._check_open()
         if self._requests:
             raise EngineError("precompile() needs an idle engine; requests are in flight")
-        t0 = time.perf_counter()
-        B, V = self.max_concurrent_decodes, self.model.config.vocab_size
-        eos = sorted(self.eos_token_ids)
-        sp = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
-
-        def idle_state():  # every row done: a decode loop compiles, then exits at once
-            return DecodeState(
-                tokens=jnp.zeros(B, jnp.int32), positions=jnp.zeros(B, jnp.int32),
-                output_pos=jnp.zeros(B, jnp.int32), done=jnp.ones(B, bool),
-                max_tokens=jnp.ones(B, jnp.int32),
-                penalties=PenaltyState(jnp.zeros((B, V), jnp.int32), jnp.zeros((B, V), bool)))
-
-        cache, state = self.model.new_cache(B, self.max_model_len), idle_state()
-        top = pick_bucket(min(max_prompt_len or self.max_prefill_length, self.max_prefill_length),
-                          self.prefill_buckets)
-        lengths = [T for T in self.prefill_buckets if T <= top]
-        for T in lengths:
-            for P in self.batch_buckets:  # as `_dispatch_prefill` builds them; slots: nowhere
-                b = build_prefill_batch([[1] * T] * P, [sp] * P, [0] * P, batch_size=P, length=T,
-                                        eos_token_ids=self.eos_token_ids, vocab_size=V)
-                nowhere = np.full(P, B, np.int32)
-                out, cache, state = self.runner.prefill_into_slots(
-                    self.model.state, cache, state, b.ids, b.positions, b.last_idx, nowhere,
-                    b.sampling, b.penalties.prompt_mask, np.ones(P, np.int32), num_top=b.num_top)
-                jax.block_until_ready(out.tokens)
-        n_decode = 0
-        for R in self.row_buckets:
-            sampling = SamplingTensors.from_params([sp] + [None] * (R - 1), eos_token_ids=eos,
-                                                   seeds=[0] * R)
-            for size in self.reads.sizes(R, self.max_model_len):
-                state, cache, chunk = self.runner.decode_loop(
-                    self.model.state, self.reads.with_size(cache, size), state, sampling,
-                    num_steps=self.decode_steps, num_top=0, num_rows=R)
-                cache = self.reads.reset(cache)
-                jax.block_until_ready(chunk.tokens)
-                n_decode += 1
-            nowhere = np.full(R, B, np.int32)  # out-of-range indices move nothing
-            cache, state = self.runner.move_rows(cache, state, nowhere, nowhere)
-        for x in jax.tree.leaves((cache, state)):
-            if isinstance(x, jax.Array) and not x.is_deleted():
-                x.delete()
-        return {"prefill": len(lengths) * len(self.batch_buckets), "decode": n_decode,
-                "seconds": time.perf_counter() - t0}
+        return self.device.precompile(min(max_prompt_len or self.max_prefill_length,
+                                          self.max_prefill_length))
 
     def step_stats(self) -> dict:
         """Median wall and host-only milliseconds per driver iteration (host overhead probe)."""
@@ -333,8 +282,7 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
                 work = [("prefill", batch, self._dispatch_prefill(batch))
                         for batch in plan.prefill_batches]
                 if plan.decode:
-                    chunk = self._dispatch_decode()  # may move slots: take its owners after
-                    work.append(("decode", self._sampling_owners, chunk))
+                    work.append(("decode", *self._dispatch_decode()))
                 previous, self._inflight = self._inflight, work
                 self._update(previous)  # overlaps with the device running `work`
                 wall = time.perf_counter() - t0
@@ -360,13 +308,7 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
         size = pick_bucket(len(live), self.row_buckets)
         if not live or live[-1] < size:
             return owners
-        moves = self.scheduler.slots.compact(size)
-        m = pick_bucket(len(moves), self.row_buckets)  # few shapes: pad the move list
-        out_of_range = self.max_concurrent_decodes
-        src = np.full(m, out_of_range, np.int32)
-        dst = np.full(m, out_of_range, np.int32)
-        src[: len(moves)], dst[: len(moves)] = zip(*moves)
-        self._cache, self._state = self.runner.move_rows(self._cache, self._state, src, dst)
+        self.device.move(self.scheduler.slots.compact(size))
         return self.scheduler.slots.snapshot()
 
     def _update_gauges(self) -> None:
@@ -453,39 +395,15 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
     def _dispatch_prefill(self, batch: list[Assignment]):
         for a in {id(a.request): a for a in batch}.values():
             self.collector.on_scheduled(a.request.request_id)
-        P = pick_bucket(len(batch), self.batch_buckets)
-        prompts = [a.request.prompt_ids for a in batch]
-        params = [a.sequence.params for a in batch]
-        b = build_prefill_batch(
-            prompts, params, [a.sequence.seed for a in batch], batch_size=P,
-            length=pick_bucket(max(map(len, prompts)), self.prefill_buckets),
-            eos_token_ids=self.eos_token_ids, vocab_size=self.model.config.vocab_size)
-        pad = P - len(batch)
-        slots = np.array([a.slot for a in batch] + [self.max_concurrent_decodes] * pad, np.int32)
-        max_tokens = np.array([p.max_tokens for p in params] + [1] * pad, np.int32)
-        out, self._cache, self._state = self.runner.prefill_into_slots(
-            self.model.state, self._cache, self._state, b.ids, b.positions, b.last_idx, slots,
-            b.sampling, b.penalties.prompt_mask, max_tokens, num_top=b.num_top)
-        return out
+        return self.device.prefill(batch)
 
-    def _dispatch_decode(self):
+    def _dispatch_decode(self) -> tuple[list, object]:
+        """Dispatch one decode chunk; returns (the slot owners its rows belong to, the chunk)."""
         owners = self.scheduler.slots.snapshot()
         if self._freed:  # rows freed on the host (stop strings, aborts) stop computing
-            free = np.array([o is None for o in owners])
-            self._state = dataclasses.replace(self._state, done=self._state.done | free)
+            self.device.stop_rows(np.array([o is None for o in owners]))
             self._freed = False
         owners = self._compact(owners)
-        if owners != self._sampling_owners:
-            # Decode only the front rows that hold live slots (slots fill lowest-first).
-            last = max(i for i, o in enumerate(owners) if o is not None)
-            self._num_rows = pick_bucket(last + 1, self.row_buckets)
-            rows = owners[: self._num_rows]
-            params = [o.sequence.params if o is not None else None for o in rows]
-            self._sampling = SamplingTensors.from_params(
-                params, eos_token_ids=sorted(self.eos_token_ids),
-                seeds=[o.sequence.seed if o is not None else 0 for o in rows])
-            self._sampling_owners = owners
-            self._num_top = top_logprob_width([p for p in params if p is not None])
         # Read only the cached positions the live rows can see this iteration. Past the host's
         # count, the device holds up to decode_steps + 1 unread tokens (a prefill's first token
         # and the chunk in flight), and this chunk caches decode_steps - 1 more before its last
@@ -493,9 +411,4 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
         ahead = 2 * self.decode_steps - 1
         seen = [len(o.request.prompt_ids) + len(o.sequence.output_ids) + ahead
                 for o in owners if o is not None]
-        self._state, cache, chunk = self.runner.decode_loop(
-            self.model.state, self.reads.apply(self._cache, seen, self._num_rows), self._state,
-            self._sampling, num_steps=self.decode_steps, num_top=self._num_top,
-            num_rows=self._num_rows)
-        self._cache = self.reads.reset(cache)
-        return chunk
+        return owners, self.device.decode(owners, seen)

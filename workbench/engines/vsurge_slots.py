@@ -1,0 +1,171 @@
+"""vSurge's device half: the decode slots' KV cache and decode state, and the jitted calls on them.
+
+`SlotDevice` owns the arrays of `num_slots` decode slots (a contiguous KV cache of `num_slots` x
+`max_model_len` positions and the per-row `DecodeState`) and dispatches, never waits:
+
+- `prefill(batch)`: a padded prefill of a few admitted requests, written straight into their slots;
+- `decode(owners, seen)`: `decode_steps` steps over the front rows that hold live slots, reading
+  only the cached positions they can see (`decode_reads.py`);
+- `move(moves)`: move decode rows (cache and state) between slots, to compact live slots forward;
+- `stop_rows(mask)`: rows the host freed (stop strings, aborts) stop computing;
+- `precompile(...)`: every shape the above can take, on a scratch cache.
+
+What to run, and when, is the engine's business (`vsurge.py`): this module holds no queues and no
+requests, only `Assignment`s (request, sequence, slot) handed in by the driver.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from workbench.engines.batching import build_prefill_batch, top_logprob_width
+from workbench.engines.buckets import pick_bucket
+from workbench.engines.decode_reads import DecodeReads
+from workbench.engines.model_runner import ChunkOutput, DecodeState, ModelRunner
+from workbench.engines.vsurge_scheduler import Assignment
+from workbench.sampler import SamplerOutput
+from workbench.sampling_params import SamplingParams
+from workbench.sampling_tensors import PenaltyState, SamplingTensors
+
+
+class SlotDevice:
+    """The slots' device arrays and the calls that advance them; see the module docstring."""
+
+    def __init__(self, model, runner: ModelRunner, reads: DecodeReads, *, num_slots: int,
+                 max_model_len: int, decode_steps: int, row_buckets: Sequence[int],
+                 batch_buckets: Sequence[int], prefill_buckets: Sequence[int],
+                 eos_token_ids):
+        self.model, self.runner, self.reads = model, runner, reads
+        self.num_slots, self.max_model_len, self.decode_steps = num_slots, max_model_len, decode_steps
+        self.row_buckets, self.batch_buckets = tuple(row_buckets), tuple(batch_buckets)
+        self.prefill_buckets = tuple(prefill_buckets)
+        self.eos_token_ids = eos_token_ids
+        self.cache = self.state = None
+        self._sampling: SamplingTensors | None = None  # the decode rows' sampling parameters
+        self._sampling_owners: list | None = None  # ... built for these slot owners
+        self._num_top = 0
+        self.num_rows = num_slots  # rows the last decode dispatch computed
+
+    # ---- arrays --------------------------------------------------------------------------------
+    def idle_state(self) -> DecodeState:
+        """A decode state with every row done (idle slots compute nothing)."""
+        B, V = self.num_slots, self.model.config.vocab_size
+        return DecodeState(
+            tokens=jnp.zeros(B, jnp.int32), positions=jnp.zeros(B, jnp.int32),
+            output_pos=jnp.zeros(B, jnp.int32), done=jnp.ones(B, bool),
+            max_tokens=jnp.ones(B, jnp.int32),
+            penalties=PenaltyState(jnp.zeros((B, V), jnp.int32), jnp.zeros((B, V), bool)))
+
+    def allocate(self) -> None:
+        self.cache = self.model.new_cache(self.num_slots, self.max_model_len)
+        self.state = self.idle_state()
+        self._sampling = self._sampling_owners = None
+
+    def free(self) -> None:
+        _delete(self.cache, self.state)
+        self.cache = self.state = self._sampling = self._sampling_owners = None
+
+    # ---- dispatches ------------------------------------------------------------------------------
+    def prefill(self, batch: list[Assignment]) -> SamplerOutput:
+        """Prefill `batch` (padded to a batch and a prompt-length bucket) into its slots; returns
+        the first sampled tokens (not waited for)."""
+        P = pick_bucket(len(batch), self.batch_buckets)
+        prompts = [a.request.prompt_ids for a in batch]
+        params = [a.sequence.params for a in batch]
+        b = build_prefill_batch(
+            prompts, params, [a.sequence.seed for a in batch], batch_size=P,
+            length=pick_bucket(max(map(len, prompts)), self.prefill_buckets),
+            eos_token_ids=self.eos_token_ids, vocab_size=self.model.config.vocab_size)
+        pad = P - len(batch)
+        slots = np.array([a.slot for a in batch] + [self.num_slots] * pad, np.int32)
+        max_tokens = np.array([p.max_tokens for p in params] + [1] * pad, np.int32)
+        out, self.cache, self.state = self.runner.prefill_into_slots(
+            self.model.state, self.cache, self.state, b.ids, b.positions, b.last_idx, slots,
+            b.sampling, b.penalties.prompt_mask, max_tokens, num_top=b.num_top)
+        return out
+
+    def stop_rows(self, mask: np.ndarray) -> None:
+        """Rows where `mask` `[num_slots]` is true are done from the next step on."""
+        self.state = dataclasses.replace(self.state, done=self.state.done | mask)
+
+    def move(self, moves: list[tuple[int, int]]) -> None:
+        """Move rows `src -> dst` (cache and decode state); sources become done. The move list is
+        padded to a row bucket with out-of-range entries, so few shapes compile."""
+        m = pick_bucket(len(moves), self.row_buckets)
+        src = np.full(m, self.num_slots, np.int32)
+        dst = np.full(m, self.num_slots, np.int32)
+        src[: len(moves)], dst[: len(moves)] = zip(*moves)
+        self.cache, self.state = self.runner.move_rows(self.cache, self.state, src, dst)
+
+    def decode(self, owners: list[Assignment | None], seen: Sequence[int]) -> ChunkOutput:
+        """`decode_steps` steps over the front rows holding live slots (`owners[i]` is slot i's
+        assignment or None; slots fill lowest-first), each live row reading at most `seen`
+        cached positions. Returns the chunk's tokens (not waited for)."""
+        if owners != self._sampling_owners:
+            last = max(i for i, o in enumerate(owners) if o is not None)
+            self.num_rows = pick_bucket(last + 1, self.row_buckets)
+            rows = owners[: self.num_rows]
+            params = [o.sequence.params if o is not None else None for o in rows]
+            self._sampling = SamplingTensors.from_params(
+                params, eos_token_ids=sorted(self.eos_token_ids),
+                seeds=[o.sequence.seed if o is not None else 0 for o in rows])
+            self._sampling_owners = owners
+            self._num_top = top_logprob_width([p for p in params if p is not None])
+        self.state, cache, chunk = self.runner.decode_loop(
+            self.model.state, self.reads.apply(self.cache, seen, self.num_rows), self.state,
+            self._sampling, num_steps=self.decode_steps, num_top=self._num_top,
+            num_rows=self.num_rows)
+        self.cache = self.reads.reset(cache)
+        return chunk
+
+    # ---- compilation ---------------------------------------------------------------------------
+    def precompile(self, max_prompt_len: int) -> dict:
+        """Run every shape `prefill`, `decode` and `move` can dispatch once, on a scratch cache
+        and state (freed after): a prefill per (batch bucket, prompt bucket <= the bucket of
+        `max_prompt_len`), a decode chunk per (row bucket, read size), a move per row bucket.
+        Returns {"prefill": shapes, "decode": shapes, "seconds": wall seconds}."""
+        t0 = time.perf_counter()
+        B, V = self.num_slots, self.model.config.vocab_size
+        sp = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
+        cache, state = self.model.new_cache(B, self.max_model_len), self.idle_state()
+        top = pick_bucket(max_prompt_len, self.prefill_buckets)
+        lengths = [T for T in self.prefill_buckets if T <= top]
+        for T in lengths:
+            for P in self.batch_buckets:  # built as `prefill` builds them; slots: nowhere
+                b = build_prefill_batch([[1] * T] * P, [sp] * P, [0] * P, batch_size=P, length=T,
+                                        eos_token_ids=self.eos_token_ids, vocab_size=V)
+                nowhere = np.full(P, B, np.int32)
+                out, cache, state = self.runner.prefill_into_slots(
+                    self.model.state, cache, state, b.ids, b.positions, b.last_idx, nowhere,
+                    b.sampling, b.penalties.prompt_mask, np.ones(P, np.int32), num_top=b.num_top)
+                jax.block_until_ready(out.tokens)
+        n_decode = 0
+        for R in self.row_buckets:
+            sampling = SamplingTensors.from_params([sp] + [None] * (R - 1),
+                                                   eos_token_ids=sorted(self.eos_token_ids),
+                                                   seeds=[0] * R)
+            for size in self.reads.sizes(R, self.max_model_len):
+                # every row done: the loop compiles, then exits at once
+                state, cache, chunk = self.runner.decode_loop(
+                    self.model.state, self.reads.with_size(cache, size), state, sampling,
+                    num_steps=self.decode_steps, num_top=0, num_rows=R)
+                cache = self.reads.reset(cache)
+                jax.block_until_ready(chunk.tokens)
+                n_decode += 1
+            nowhere = np.full(R, B, np.int32)  # out-of-range indices move nothing
+            cache, state = self.runner.move_rows(cache, state, nowhere, nowhere)
+        _delete(cache, state)
+        return {"prefill": len(lengths) * len(self.batch_buckets), "decode": n_decode,
+                "seconds": time.perf_counter() - t0}
+
+
+def _delete(*trees) -> None:
+    for x in jax.tree.leaves(trees):
+        if isinstance(x, jax.Array) and not x.is_deleted():
+            x.delete()
