@@ -16,7 +16,8 @@ the power-of-two bucket of front slots that hold live requests (slots fill lowes
 the live ones would fit a smaller bucket the stragglers' cache rows and decode state move to the
 front), and it reads only the cached positions the live rows can see (`decode_reads.py`). The
 device arrays and the jitted calls on them live in `vsurge_slots.py`; this module is the host:
-submission, the driver loop, streaming. `stop()` ends the thread, aborts what is left and frees the cache; `start()` may follow again.
+submission, the driver loop, streaming. `stop()` ends the thread, aborts what is left and frees
+the cache; `start()` may follow again.
 """
 
 from __future__ import annotations
