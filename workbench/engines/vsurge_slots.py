@@ -42,7 +42,8 @@ class SlotDevice:
                  batch_buckets: Sequence[int], prefill_buckets: Sequence[int],
                  eos_token_ids):
         self.model, self.runner, self.reads = model, runner, reads
-        self.num_slots, self.max_model_len, self.decode_steps = num_slots, max_model_len, decode_steps
+        self.num_slots, self.max_model_len = num_slots, max_model_len
+        self.decode_steps = decode_steps
         self.row_buckets, self.batch_buckets = tuple(row_buckets), tuple(batch_buckets)
         self.prefill_buckets = tuple(prefill_buckets)
         self.eos_token_ids = eos_token_ids
