@@ -167,16 +167,19 @@ def test_interleaved_mode_and_multi_step_decode_give_the_same_tokens(embedded, r
     assert [o.outputs[0].token_ids for o in outs] == [expected[r[0]].token_ids for r in reqs[:6]]
 
 
-@pytest.mark.parametrize("decode_steps", [1, 3])
-@pytest.mark.parametrize("reads", [
-    dict(decode_read="prefix", read_buckets=tuple(range(4, 129))),
-    dict(decode_read="ragged", block_size=8, block_buckets=tuple(range(1, 33))),
-], ids=["prefix", "ragged"])
+PREFIX_READS = dict(decode_read="prefix", read_buckets=tuple(range(4, 129)))
+RAGGED_READS = dict(decode_read="ragged", block_size=8, block_buckets=tuple(range(1, 33)))
+
+
+@pytest.mark.parametrize("reads, decode_steps", [(PREFIX_READS, 1), (RAGGED_READS, 1),
+                                                 (RAGGED_READS, 3)],
+                         ids=["prefix", "ragged", "ragged-3-steps"])
 def test_reading_only_what_live_rows_can_see_keeps_logprobs(tiny_llama, reads, decode_steps):
     """Each decode iteration reads only the cached positions the live rows can see: a common
     prefix (`read_buckets`) or each row's own blocks (ragged); with every size a bucket, reading
     one position (or block) too few would change the logprobs. With several decode steps per
-    iteration the rows run further ahead of the host's count."""
+    iteration the rows run further ahead of the host's count (prefix reads with several steps:
+    the next test, at the tightest bound)."""
     import numpy as np
 
     prompts = [[5, 9, 14, 3, 77], list(range(10, 31)), [100, 101]]
@@ -268,7 +271,7 @@ def test_precompile_compiles_every_shape_the_driver_dispatches(tiny_llama):
     """After `precompile()`, a mixed workload (prompt lengths across the buckets, 1..4 live rows,
     finishing at different steps, slot moves) compiles nothing new in the engine's functions."""
     eng = vSurge(tiny_llama, max_concurrent_decodes=4, max_concurrent_prefill=2, max_model_len=64,
-                 block_size=8)
+                 block_size=32)
     fns = [eng.runner.prefill_into_slots, eng.runner.decode_loop, eng.runner.move_rows]
     with eng:
         info = eng.precompile()
