@@ -36,7 +36,7 @@ from workbench.engines.base import Engine
 from workbench.engines.batching import to_logprob
 from workbench.engines.buckets import pick_bucket, pow2_buckets
 from workbench.engines.decode_reads import DecodeReads
-from workbench.engines.model_runner import runner_for
+from workbench.engines.model_runner import ChunkOutput, runner_for
 from workbench.engines.output_stream import OutputStream
 from workbench.engines.request import Request
 from workbench.engines.types import (EngineError, EngineOverloadedError, Prompt,
@@ -398,7 +398,7 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
             self.collector.on_scheduled(a.request.request_id)
         return self.device.prefill(batch)
 
-    def _dispatch_decode(self) -> tuple[list, object]:
+    def _dispatch_decode(self) -> tuple[list, ChunkOutput]:
         """Dispatch one decode chunk; returns (the slot owners its rows belong to, the chunk)."""
         owners = self.scheduler.slots.snapshot()
         if self._freed:  # rows freed on the host (stop strings, aborts) stop computing
