@@ -381,6 +381,36 @@ def test_cli_serve(monkeypatch):
     assert codes == [0]
 
 
+def test_cli_serve_precompiles_before_serving(monkeypatch):
+    """`--precompile` compiles the engine's shapes before the server accepts requests."""
+    from workbench.engines.vinference import vInference
+
+    calls = []
+
+    class Recorded(vInference):
+        def precompile(self, *a, **kw):
+            calls.append(time.perf_counter())
+            return {}
+
+    parser = argparse.ArgumentParser()
+    server_cli.add_serve_parser(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(["serve", "--port", "0", "--max-model-len", "256", "--precompile"])
+    monkeypatch.setattr(server_cli, "load_model", lambda source, dtype=None: embedded_model())
+    monkeypatch.setattr(server_cli, "engine_class", lambda name: Recorded)
+    stop, out, codes = threading.Event(), io.StringIO(), []
+    t = threading.Thread(target=lambda: codes.append(server_cli.run_serve(args, stop=stop,
+                                                                          out=out)))
+    t.start()
+    try:
+        assert wait_until(lambda: "Ctrl-C" in out.getvalue(), timeout=30), out.getvalue()
+    finally:
+        stop.set()
+        t.join(30)
+    text = out.getvalue()
+    assert len(calls) == 1 and codes == [0]
+    assert text.index("Compiled in") < text.index("Serving ")
+
+
 def test_cli_unavailable_engine(monkeypatch, capsys):
     def missing(name):
         raise ImportError("the vsurge engine is not available in this install")

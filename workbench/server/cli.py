@@ -15,6 +15,7 @@ import os
 import shlex
 import sys
 import threading
+import time
 from typing import Any, TextIO
 
 ENGINES = ("vinference", "vsurge")
@@ -38,6 +39,10 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="default: float32 on CPU, bfloat16 on accelerators")
     p.add_argument("--served-model-name", default=None,
                    help="the name clients send as 'model' (default: the model's name)")
+    p.add_argument("--precompile", action="store_true",
+                   help="compile the engine's shapes before accepting requests (vsurge: every "
+                        "shape it can dispatch, so no request waits for the compiler; minutes "
+                        "on a CPU with a long --max-model-len)")
     p.set_defaults(func=run_serve)
     return p
 
@@ -92,6 +97,11 @@ def run_serve(args: argparse.Namespace, *, stop: threading.Event | None = None,
         print(f"error: {exc}", file=sys.stderr)
         return 2
     name = args.served_model_name or model.name
+    if getattr(args, "precompile", False):
+        print(f"Compiling {args.engine}'s shapes before serving...", file=out, flush=True)
+        t0 = time.perf_counter()
+        engine.precompile()
+        print(f"Compiled in {time.perf_counter() - t0:.1f} s.", file=out, flush=True)
     try:
         handle = serve({name: engine}, host=args.host, port=args.port, api_key=args.api_key,
                        stop_engines=True)
