@@ -76,20 +76,28 @@ class SlotDevice:
     def prefill(self, batch: list[Assignment]) -> SamplerOutput:
         """Prefill `batch` (padded to a batch and a prompt-length bucket) into its slots; returns
         the first sampled tokens (not waited for)."""
-        P = pick_bucket(len(batch), self.batch_buckets)
-        prompts = [a.request.prompt_ids for a in batch]
         params = [a.sequence.params for a in batch]
+        out, self.cache, self.state = self._prefill_into(
+            self.cache, self.state, [a.request.prompt_ids for a in batch], params,
+            [a.sequence.seed for a in batch], [a.slot for a in batch],
+            [p.max_tokens for p in params])
+        return out
+
+    def _prefill_into(self, cache, state, prompts, params, seeds, slots, max_tokens):
+        """The jitted prefill of `prompts` into `slots` of (cache, state), padded to a batch
+        bucket (pad rows go nowhere) and a prompt-length bucket: `prefill` and `precompile`
+        build their calls here, so they compile the same shapes."""
+        P = pick_bucket(len(prompts), self.batch_buckets)
         b = build_prefill_batch(
-            prompts, params, [a.sequence.seed for a in batch], batch_size=P,
+            prompts, params, seeds, batch_size=P,
             length=pick_bucket(max(map(len, prompts)), self.prefill_buckets),
             eos_token_ids=self.eos_token_ids, vocab_size=self.model.config.vocab_size)
-        pad = P - len(batch)
-        slots = np.array([a.slot for a in batch] + [self.num_slots] * pad, np.int32)
-        max_tokens = np.array([p.max_tokens for p in params] + [1] * pad, np.int32)
-        out, self.cache, self.state = self.runner.prefill_into_slots(
-            self.model.state, self.cache, self.state, b.ids, b.positions, b.last_idx, slots,
-            b.sampling, b.penalties.prompt_mask, max_tokens, num_top=b.num_top)
-        return out
+        pad = P - len(prompts)
+        slots = np.array(list(slots) + [self.num_slots] * pad, np.int32)
+        max_tokens = np.array(list(max_tokens) + [1] * pad, np.int32)
+        return self.runner.prefill_into_slots(
+            self.model.state, cache, state, b.ids, b.positions, b.last_idx, slots, b.sampling,
+            b.penalties.prompt_mask, max_tokens, num_top=b.num_top)
 
     def stop_rows(self, mask: np.ndarray) -> None:
         """Rows where `mask` `[num_slots]` is true are done from the next step on."""
@@ -113,9 +121,8 @@ class SlotDevice:
             self.num_rows = pick_bucket(last + 1, self.row_buckets)
             rows = owners[: self.num_rows]
             params = [o.sequence.params if o is not None else None for o in rows]
-            self._sampling = SamplingTensors.from_params(
-                params, eos_token_ids=sorted(self.eos_token_ids),
-                seeds=[o.sequence.seed if o is not None else 0 for o in rows])
+            self._sampling = self._decode_sampling(
+                params, [o.sequence.seed if o is not None else 0 for o in rows])
             self._sampling_owners = owners
             self._num_top = top_logprob_width([p for p in params if p is not None])
         self.state, cache, chunk = self.runner.decode_loop(
@@ -125,6 +132,11 @@ class SlotDevice:
         self.cache = self.reads.reset(cache)
         return chunk
 
+    def _decode_sampling(self, params: list, seeds: list[int]) -> SamplingTensors:
+        """Sampling tensors of the decode rows (None params: an idle row)."""
+        return SamplingTensors.from_params(params, eos_token_ids=sorted(self.eos_token_ids),
+                                           seeds=seeds)
+
     # ---- compilation ---------------------------------------------------------------------------
     def precompile(self, max_prompt_len: int) -> dict:
         """Run every shape `prefill`, `decode` and `move` can dispatch once, on a scratch cache
@@ -132,25 +144,19 @@ class SlotDevice:
         `max_prompt_len`), a decode chunk per (row bucket, read size), a move per row bucket.
         Returns {"prefill": shapes, "decode": shapes, "seconds": wall seconds}."""
         t0 = time.perf_counter()
-        B, V = self.num_slots, self.model.config.vocab_size
+        B = self.num_slots
         sp = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
         cache, state = self.model.new_cache(B, self.max_model_len), self.idle_state()
         top = pick_bucket(max_prompt_len, self.prefill_buckets)
         lengths = [T for T in self.prefill_buckets if T <= top]
         for T in lengths:
-            for P in self.batch_buckets:  # built as `prefill` builds them; slots: nowhere
-                b = build_prefill_batch([[1] * T] * P, [sp] * P, [0] * P, batch_size=P, length=T,
-                                        eos_token_ids=self.eos_token_ids, vocab_size=V)
-                nowhere = np.full(P, B, np.int32)
-                out, cache, state = self.runner.prefill_into_slots(
-                    self.model.state, cache, state, b.ids, b.positions, b.last_idx, nowhere,
-                    b.sampling, b.penalties.prompt_mask, np.ones(P, np.int32), num_top=b.num_top)
+            for P in self.batch_buckets:  # P prompts of T tokens, into no slot (out of range)
+                out, cache, state = self._prefill_into(cache, state, [[1] * T] * P, [sp] * P,
+                                                       [0] * P, [B] * P, [1] * P)
                 jax.block_until_ready(out.tokens)
         n_decode = 0
         for R in self.row_buckets:
-            sampling = SamplingTensors.from_params([sp] + [None] * (R - 1),
-                                                   eos_token_ids=sorted(self.eos_token_ids),
-                                                   seeds=[0] * R)
+            sampling = self._decode_sampling([sp] + [None] * (R - 1), [0] * R)
             for size in self.reads.sizes(R, self.max_model_len):
                 # every row done: the loop compiles, then exits at once
                 state, cache, chunk = self.runner.decode_loop(
