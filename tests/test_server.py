@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import re
@@ -359,11 +360,14 @@ def test_create_app_is_a_fastapi_app(engine):
         assert tc.get("/v1/models").json()["data"][0]["id"] == "m"
 
 
-def test_cli_serve(monkeypatch):
+@contextlib.contextmanager
+def cli_serve(monkeypatch, *argv):
+    """`workbench serve --port 0 ARGV...` on the embedded model in a thread; yields its output
+    (a StringIO) once the server says it is ready, then stops it and checks it exited with 0."""
     parser = argparse.ArgumentParser()
     server_cli.add_serve_parser(parser.add_subparsers(dest="cmd"))
-    args = parser.parse_args(["serve", "--port", "0", "--max-model-len", "256"])
-    assert args.func is server_cli.run_serve and args.engine == "vinference"
+    args = parser.parse_args(["serve", "--port", "0", *argv])
+    assert args.func is server_cli.run_serve
     monkeypatch.setattr(server_cli, "load_model", lambda source, dtype=None: embedded_model())
     stop, out, codes = threading.Event(), io.StringIO(), []
     t = threading.Thread(target=lambda: codes.append(server_cli.run_serve(args, stop=stop,
@@ -371,14 +375,20 @@ def test_cli_serve(monkeypatch):
     t.start()
     try:
         assert wait_until(lambda: "Ctrl-C" in out.getvalue(), timeout=30), out.getvalue()
-        url = re.search(r"http://127\.0\.0\.1:\d+", out.getvalue()).group()
-        assert "curl " + url + "/v1/chat/completions" in out.getvalue()
-        data = httpx.get(f"{url}/v1/models").json()["data"]
-        assert data[0]["max_model_len"] == 256
+        yield out
     finally:
         stop.set()
         t.join(30)
     assert codes == [0]
+
+
+def test_cli_serve(monkeypatch):
+    with cli_serve(monkeypatch, "--max-model-len", "256") as out:
+        assert "(vinference," in out.getvalue()  # the default engine
+        url = re.search(r"http://127\.0\.0\.1:\d+", out.getvalue()).group()
+        assert "curl " + url + "/v1/chat/completions" in out.getvalue()
+        data = httpx.get(f"{url}/v1/models").json()["data"]
+        assert data[0]["max_model_len"] == 256
 
 
 def test_cli_serve_precompiles_before_serving(monkeypatch):
@@ -392,22 +402,10 @@ def test_cli_serve_precompiles_before_serving(monkeypatch):
             calls.append(time.perf_counter())
             return {}
 
-    parser = argparse.ArgumentParser()
-    server_cli.add_serve_parser(parser.add_subparsers(dest="cmd"))
-    args = parser.parse_args(["serve", "--port", "0", "--max-model-len", "256", "--precompile"])
-    monkeypatch.setattr(server_cli, "load_model", lambda source, dtype=None: embedded_model())
     monkeypatch.setattr(server_cli, "engine_class", lambda name: Recorded)
-    stop, out, codes = threading.Event(), io.StringIO(), []
-    t = threading.Thread(target=lambda: codes.append(server_cli.run_serve(args, stop=stop,
-                                                                          out=out)))
-    t.start()
-    try:
-        assert wait_until(lambda: "Ctrl-C" in out.getvalue(), timeout=30), out.getvalue()
-    finally:
-        stop.set()
-        t.join(30)
-    text = out.getvalue()
-    assert len(calls) == 1 and codes == [0]
+    with cli_serve(monkeypatch, "--max-model-len", "256", "--precompile") as out:
+        text = out.getvalue()
+    assert len(calls) == 1
     assert text.index("Compiled in") < text.index("Serving ")
 
 
