@@ -8,17 +8,24 @@ import pytest
 from workbench.models.attention import BACKENDS, MASKED_POSITION, get_attention, xla_attention
 
 
+def _heads(x):
+    """`[B, S, Hkv, D]` <-> `[B, Hkv, S, D]` (the naive reference indexes keys sequence-major)."""
+    return jnp.swapaxes(jnp.asarray(x), 1, 2)
+
+
 def _inputs(B=2, T=5, S=9, H=4, Hkv=2, D=8, seed=0):
+    """Keys/values head-major `[B, Hkv, S, D]`, as the backends take them."""
     k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
     q = jax.random.normal(k1, (B, T, H, D))
-    k = jax.random.normal(k2, (B, S, Hkv, D))
-    v = jax.random.normal(k3, (B, S, Hkv, D))
-    q_pos = jnp.array([[4, 5, 6, 7, 8], [-1, -1, 0, 1, 2]])
+    k = jax.random.normal(k2, (B, Hkv, S, D))
+    v = jax.random.normal(k3, (B, Hkv, S, D))
+    q_pos = jnp.array([[4, 5, 6, 7, 8], [-1, -1, 0, 1, 2]])[:, 5 - T:]
     k_pos = jnp.broadcast_to(jnp.arange(S), (B, S)).at[1, 3:].set(MASKED_POSITION)
     return q, k, v, q_pos, k_pos
 
 
 def _naive(q, k, v, q_pos, k_pos, window=None):
+    """Loops over rows, queries and heads; k/v sequence-major `[B, S, Hkv, D]`."""
     q, k, v = map(np.asarray, (q, k, v))
     B, T, H, D = q.shape
     G = H // k.shape[2]
@@ -37,11 +44,12 @@ def _naive(q, k, v, q_pos, k_pos, window=None):
     return out
 
 
+@pytest.mark.parametrize("T", [5, 1])  # 1: the decode step (multiply-and-reduce on the CPU)
 @pytest.mark.parametrize("window", [None, 3])
-def test_reference_matches_naive_loops(window):
-    q, k, v, qp, kp = _inputs()
+def test_reference_matches_naive_loops(window, T):
+    q, k, v, qp, kp = _inputs(T=T)
     got = np.asarray(xla_attention(q, k, v, qp, kp, sliding_window=window))
-    want = _naive(q, k, v, np.asarray(qp), np.asarray(kp), window)
+    want = _naive(q, _heads(k), _heads(v), np.asarray(qp), np.asarray(kp), window)
     valid = np.asarray(qp) >= 0
     np.testing.assert_allclose(got[valid], want[valid], atol=1e-5)
     assert np.isfinite(got).all()  # fully masked (pad) queries give finite garbage, not NaN
@@ -49,8 +57,9 @@ def test_reference_matches_naive_loops(window):
 
 @pytest.mark.parametrize("name", sorted(BACKENDS))
 @pytest.mark.parametrize("window", [None, 4])
-def test_every_backend_matches_reference(name, window):
-    q, k, v, qp, kp = _inputs(seed=1)
+@pytest.mark.parametrize("T", [5, 1])
+def test_every_backend_matches_reference(name, window, T):
+    q, k, v, qp, kp = _inputs(seed=1, T=T)
     ref = np.asarray(xla_attention(q, k, v, qp, kp, sliding_window=window))
     got = np.asarray(get_attention(name)(q, k, v, qp, kp, sliding_window=window))
     valid = np.asarray(qp) >= 0
@@ -71,10 +80,10 @@ def _ragged_case(T, seed=0):
     lens = np.array([0, 7, 13, 20])
     ks = jax.random.split(jax.random.key(seed), 5)
     q = jax.random.normal(ks[0], (B, T, H, D))
-    ck = jax.random.normal(ks[1], (1, B, S, Hkv, D))
-    cv = jax.random.normal(ks[2], (1, B, S, Hkv, D))
-    fk = jax.random.normal(ks[3], (B, T, Hkv, D))
-    fv = jax.random.normal(ks[4], (B, T, Hkv, D))
+    ck = jax.random.normal(ks[1], (1, B, Hkv, S, D))  # the cache's head-major layout
+    cv = jax.random.normal(ks[2], (1, B, Hkv, S, D))
+    fk = jax.random.normal(ks[3], (B, Hkv, T, D))
+    fv = jax.random.normal(ks[4], (B, Hkv, T, D))
     q_pos = lens[:, None] + np.arange(T)[None]
     q_pos[0] = -1  # pad row
     cache = ContiguousKVCache(k=ck, v=cv)
@@ -98,8 +107,9 @@ def test_ragged_attention_matches_naive_over_each_rows_own_past(T, block_size, w
         assert np.isfinite(got).all()
         for b in range(1, 4):  # row b: its own past (positions < lens[b]) then the chunk
             n = lens[b]
-            k = np.concatenate([np.asarray(cache.k[0, b, :n]), np.asarray(fk[b])])[None]
-            v = np.concatenate([np.asarray(cache.v[0, b, :n]), np.asarray(fv[b])])[None]
+            k = np.concatenate([np.asarray(cache.k[0, b, :, :n]), np.asarray(fk[b])], axis=1)
+            v = np.concatenate([np.asarray(cache.v[0, b, :, :n]), np.asarray(fv[b])], axis=1)
+            k, v = _heads(k[None]), _heads(v[None])
             k_pos = np.arange(n + T)[None]
             want = _naive(q[b:b + 1], k, v, np.asarray(q_pos[b:b + 1]), k_pos, window)
             np.testing.assert_allclose(got[b], want[0], atol=1e-5)

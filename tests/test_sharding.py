@@ -40,7 +40,7 @@ SCRIPT = textwrap.dedent("""
             assert len(q.sharding.device_set) == tp
             print(name, tp, "diff", diff, describe_fallbacks(lm.config, tp))
             cache = lm.new_cache(2, 16)
-            assert cache.k.sharding.spec[3] == ("tp" if heads_ok else None)
+            assert cache.k.sharding.spec[2] == ("tp" if heads_ok else None)
     print("OK")
 """)
 

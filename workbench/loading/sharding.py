@@ -73,10 +73,10 @@ def param_spec(path: tuple[str, ...], ndim: int, cfg: ModelConfig, tp: int) -> P
 
 
 def cache_spec(cfg: ModelConfig, mesh: Mesh) -> P:
-    """Spec of a `[L, B, S, Hkv, D]` cache: batch over dp, KV heads over tp when they divide."""
+    """Spec of a `[L, B, Hkv, S, D]` cache: batch over dp, KV heads over tp when they divide."""
     tp = mesh.shape["tp"]
     heads = "tp" if cfg.num_key_value_heads % tp == 0 else None
-    return P(None, "dp", None, heads, None)
+    return P(None, "dp", heads, None, None)
 
 
 def describe_fallbacks(cfg: ModelConfig, tp: int) -> list[str]:

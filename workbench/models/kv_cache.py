@@ -13,11 +13,14 @@ the only write is one small scatter of the new tokens into the donated buffer.
 Decode can read ragged (`ContiguousKVCache.with_blocks`): the model first calls
 `cache.plan(positions)`, which lists, for every row, the blocks of `block_size` cached positions
 that row can see (its own length, not the batch's longest); attention layer l then calls
-`cache.read_ragged(l)` and gets those blocks gathered as `[P, block_size, Hkv, D]` plus the row each
+`cache.read_ragged(l)` and gets those blocks gathered as `[P, Hkv, block_size, D]` plus the row each
 belongs to. A batch of rows with mixed lengths costs the sum of their lengths, not rows x longest.
 
+Keys and values are head-major, `[..., Hkv, S, D]`: a layer's cache is already in the layout of
+the attention dots (see `attention.py`), so reads never transpose it.
+
 Both layouts fit:
-- `ContiguousKVCache` (vInference, vSurge): row b's token at position p lives at `[:, b, p]`.
+- `ContiguousKVCache` (vInference, vSurge): row b's token at position p lives at `[:, b, :, p]`.
 - a paged cache (eSurge): row b's token at position p lives in page `page_table[b, p // P]` at
   offset `p % P`; `read` gathers the row's pages back into position order.
 
@@ -84,7 +87,7 @@ class KVCache(abc.ABC):
 
     @abc.abstractmethod
     def read(self, layer: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-        """Keys `[B, S, Hkv, D]`, values `[B, S, Hkv, D]` and key positions `[B, S]` of `layer`."""
+        """Keys `[B, Hkv, S, D]`, values `[B, Hkv, S, D]` and key positions `[B, S]` of `layer`."""
 
     @abc.abstractmethod
     def write(self, ks: jnp.ndarray, vs: jnp.ndarray, positions: jnp.ndarray) -> "KVCache":
@@ -94,14 +97,14 @@ class KVCache(abc.ABC):
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class ContiguousKVCache(KVCache):
-    """One contiguous buffer per row: token at position p of row b is at `[layer, b, p]`.
+    """One contiguous buffer per row: token at position p of row b is at `[layer, b, :, p]`.
 
     `read_len` (static) limits how many positions a read returns, so a decode step over short
     sequences in a long cache reads only the prefix it needs.
     """
 
-    k: jnp.ndarray  # [L, B, S, Hkv, D]
-    v: jnp.ndarray  # [L, B, S, Hkv, D]
+    k: jnp.ndarray  # [L, B, Hkv, S, D]
+    v: jnp.ndarray  # [L, B, Hkv, S, D]
     rows: jnp.ndarray | None = None  # [b] cache row of each input row (None: row i -> row i)
     read_len: int | None = dataclasses.field(default=None, metadata=dict(static=True))
     # Ragged reads: at most `read_blocks` blocks of `block_size` positions per forward pass.
@@ -111,7 +114,7 @@ class ContiguousKVCache(KVCache):
 
     @classmethod
     def create(cls, num_layers, batch_size, max_len, num_kv_heads, head_dim, dtype, sharding=None):
-        shape = (num_layers, batch_size, max_len, num_kv_heads, head_dim)
+        shape = (num_layers, batch_size, num_kv_heads, max_len, head_dim)
         if sharding is not None:
             zeros = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
             return cls(k=zeros(), v=zeros())
@@ -119,7 +122,7 @@ class ContiguousKVCache(KVCache):
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[2]
+        return self.k.shape[3]
 
     @property
     def batch_size(self) -> int:
@@ -148,12 +151,24 @@ class ContiguousKVCache(KVCache):
         return dataclasses.replace(self, blocks=plan)
 
     def read_ragged(self, layer):
-        """Ragged read of `layer` (after `plan`): keys and values `[P, block_size, Hkv, D]`, the
+        """Ragged read of `layer` (after `plan`): keys and values `[P, Hkv, block_size, D]`, the
         input row of each block `[P]` and key positions `[P, block_size]`."""
         plan = self.blocks
         rows = plan.row if self.rows is None else self.rows[plan.row]
-        keys = self.k[layer, rows[:, None], plan.pos]
-        values = self.v[layer, rows[:, None], plan.pos]
+        if self.max_len % self.block_size == 0:
+            # Blocks start at multiples of block_size and end inside the cache: each block is
+            # one window per head (block_size x D contiguous), copied whole.
+            _, _, Hkv, _, D = self.k.shape
+            window = (1, 1, Hkv, self.block_size, D)
+
+            def take(x):
+                one = lambda r, s: jax.lax.dynamic_slice(x, (layer, r, 0, s, 0), window)[0, 0]
+                return jax.vmap(one)(rows, plan.pos[:, 0])
+
+            return take(self.k), take(self.v), plan.row, plan.k_pos
+        heads = jnp.arange(self.k.shape[2])[None, :, None]
+        keys = self.k[layer][rows[:, None, None], heads, plan.pos[:, None, :]]
+        values = self.v[layer][rows[:, None, None], heads, plan.pos[:, None, :]]
         return keys, values, plan.row, plan.k_pos
 
     def with_rows(self, rows: jnp.ndarray | None) -> "ContiguousKVCache":
@@ -166,8 +181,8 @@ class ContiguousKVCache(KVCache):
 
     def read(self, layer):
         n = self.max_len if self.read_len is None else self.read_len
-        keys = jax.lax.dynamic_index_in_dim(self.k, layer, 0, keepdims=False)[:, :n]
-        values = jax.lax.dynamic_index_in_dim(self.v, layer, 0, keepdims=False)[:, :n]
+        keys = jax.lax.dynamic_index_in_dim(self.k, layer, 0, keepdims=False)[:, :, :n]
+        values = jax.lax.dynamic_index_in_dim(self.v, layer, 0, keepdims=False)[:, :, :n]
         if self.rows is not None:  # the input rows' own cache rows
             keys = keys.at[self.rows].get(mode="clip")
             values = values.at[self.rows].get(mode="clip")
@@ -185,8 +200,11 @@ class ContiguousKVCache(KVCache):
         b = ks.shape[1]
         idx = jnp.where(positions >= 0, positions, self.max_len)  # [b, T]; pads -> dropped
         rows = self._rows(b)[:, None]  # [b, 1]
-        k = self.k.at[:, rows, idx].set(ks.astype(self.k.dtype), mode="drop")
-        v = self.v.at[:, rows, idx].set(vs.astype(self.v.dtype), mode="drop")
+        # advanced indices on axes 1 and 3: the indexed slab is [b, T, L, Hkv, D]
+        k = self.k.at[:, rows, :, idx].set(ks.transpose(1, 2, 0, 3, 4).astype(self.k.dtype),
+                                           mode="drop")
+        v = self.v.at[:, rows, :, idx].set(vs.transpose(1, 2, 0, 3, 4).astype(self.v.dtype),
+                                           mode="drop")
         return dataclasses.replace(self, k=k, v=v, blocks=None)
 
 

@@ -62,7 +62,8 @@ class Attention(nnx.Module):
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        fresh = (k, v, fresh_key_positions(positions))  # the current chunk
+        # the current chunk, head-major like the cache: [B, Hkv, T, D]
+        fresh = (k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), fresh_key_positions(positions))
         if cache is not None and attend_cache and cache.blocks is not None:
             # ragged: each row reads only the cached blocks it can see (see kv_cache.py)
             out = ragged_attention(q, positions, cache.read_ragged(layer), fresh,
