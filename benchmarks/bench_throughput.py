@@ -54,7 +54,9 @@ ALL_ENGINES = ("vsurge", "vsurge-interleaved", "vinference", "transformers")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--num-requests", type=int, default=64)
-    p.add_argument("--rate", type=float, default=0.5, help="Poisson arrival rate, requests/s")
+    p.add_argument("--rate", default="0.5",
+                   help="Poisson arrival rate(s), requests/s, comma-separated: one Poisson run per "
+                        "rate (default 0.5)")
     p.add_argument("--min-len", type=int, default=16, help="min prompt and output length")
     p.add_argument("--max-len", type=int, default=256, help="max prompt and output length")
     p.add_argument("--patterns", default="burst,poisson")
@@ -72,12 +74,18 @@ def parse_args(argv=None):
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     if a.quick:
-        a.num_requests, a.min_len, a.max_len, a.rate, a.slots = 8, 16, 48, 2.0, 8
+        a.num_requests, a.min_len, a.max_len, a.rate, a.slots = 8, 16, 48, "2.0", 8
+    a.rates = [float(r) for r in str(a.rate).split(",") if r]
+    if not a.rates or min(a.rates) <= 0:
+        p.error(f"--rate must list positive rates, got {a.rate!r}")
     a.patterns = [x for x in a.patterns.split(",") if x]
     a.engines = [e.strip() for e in a.engines.split(",") if e.strip()]
     bad = set(a.engines) - set(ALL_ENGINES)
     if bad or set(a.patterns) - {"burst", "poisson"}:
         p.error(f"unknown engines {sorted(bad)} or patterns {a.patterns}")
+    # one run per (pattern, rate): "burst", "poisson@0.5", ...
+    a.runs = [("burst", None)] * ("burst" in a.patterns) + [
+        (f"poisson@{r:g}", r) for r in a.rates if "poisson" in a.patterns]
     return a
 
 
@@ -101,7 +109,7 @@ def make_workload(lm, n, lo, hi, seed) -> tuple[list[list[int]], list[int], np.r
     return prompts, out_lens, rng
 
 
-def arrival_offsets(pattern: str, n: int, rate: float, seed: int) -> list[float]:
+def arrival_offsets(pattern: str, n: int, rate: float | None, seed: int) -> list[float]:
     if pattern == "burst":
         return [0.0] * n
     gaps = np.random.default_rng(seed + 1).exponential(1.0 / rate, n)
@@ -357,6 +365,62 @@ def equal_length(lm, vs, vi, prompt_len: int, out_len: int, batch_sizes, runs: i
 # ---------------------------------------------------------------------------------------------
 
 
+def work_bound(cfg, prompt_lens, out_lens, slots, vi_buckets, vs_prefill_buckets) -> dict:
+    """The work each schedule needs for a burst, counted from the workload alone, and the
+    vSurge / vInference throughput ratio it allows.
+
+    vInference (static batches of `slots` in arrival order): every batch decodes until its
+    longest output, all rows (finished rows keep their batch row), and prefills rows x the longest
+    prompt, both padded to its buckets. vSurge at best: one decode row-step per output token after
+    the first (full slots, no drain) and each prompt prefilled alone at its bucket.
+    Two regimes bound the ratio: compute-bound (a CPU; cost per token in matmul FLOPs: decode rows
+    pay the layers and the LM head, prefill tokens the layers, one LM head row per request) and
+    memory-bound (an accelerator at small batch; a decode step costs the same for 1 or `slots`
+    rows, so steps count). Attention and host work are left out.
+    """
+    from workbench.engines.buckets import pick_bucket
+
+    batch_b, prefill_b = vi_buckets
+    D, L, V, I = cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size, cfg.intermediate_size
+    H, Hkv, Dh = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    layer_flops = 2 * L * (D * (H + 2 * Hkv) * Dh + H * Dh * D + 3 * D * I)  # per token
+    head_flops = 2 * D * V
+    n = len(out_lens)
+    vi_rows = vi_steps = vi_prefill = 0
+    for lo in range(0, n, slots):
+        outs, lens = out_lens[lo:lo + slots], prompt_lens[lo:lo + slots]
+        rows = pick_bucket(len(outs), batch_b)
+        vi_steps += max(outs) - 1
+        vi_rows += rows * (max(outs) - 1)
+        vi_prefill += rows * pick_bucket(max(lens), prefill_b)
+    vs_rows = sum(o - 1 for o in out_lens)
+    vs_prefill = sum(pick_bucket(p, vs_prefill_buckets) for p in prompt_lens)
+    vi_flops = vi_rows * (layer_flops + head_flops) + vi_prefill * layer_flops + n * head_flops
+    vs_flops = vs_rows * (layer_flops + head_flops) + vs_prefill * layer_flops + n * head_flops
+    vs_exact = vs_rows * (layer_flops + head_flops) + sum(prompt_lens) * layer_flops + n * head_flops
+    return dict(vinference_decode_row_steps=vi_rows, vinference_decode_steps=vi_steps,
+                vinference_prefill_tokens=vi_prefill, vsurge_decode_row_steps=vs_rows,
+                vsurge_decode_steps=-(-vs_rows // slots), vsurge_prefill_tokens=vs_prefill,
+                compute_bound=vi_flops / vs_flops, compute_bound_unpadded=vi_flops / vs_exact,
+                step_bound=vi_steps / -(-vs_rows // slots))
+
+
+def print_work_bound(cfg, prompt_lens, out_lens, slots, vi, vs) -> dict:
+    b = work_bound(cfg, prompt_lens, out_lens, slots, (vi.batch_buckets, vi.prefill_buckets),
+                   vs.prefill_buckets)
+    C.print_table(
+        ["schedule", "decode row-steps", "decode steps", "prefill tokens (padded)"],
+        [["vinference (static batches)", b["vinference_decode_row_steps"],
+          b["vinference_decode_steps"], b["vinference_prefill_tokens"]],
+         ["vsurge (at best)", b["vsurge_decode_row_steps"], b["vsurge_decode_steps"],
+          b["vsurge_prefill_tokens"]]],
+        title="burst: the work each schedule needs (counted from the workload)")
+    print(f"largest vsurge / vinference ratio this work allows: {b['compute_bound']:.2f}x "
+          f"compute-bound ({b['compute_bound_unpadded']:.2f}x with unpadded prefills), "
+          f"{b['step_bound']:.2f}x memory-bound (decode steps)\n")
+    return b
+
+
 def main(argv=None):
     args = parse_args(argv)
 
@@ -366,7 +430,7 @@ def main(argv=None):
 
     dtype, tdev = C.run_setup(args)
     C.print_environment({"dtype": dtype, "model": args.random_config or "embedded SmolLM2-135M",
-                         "rate": args.rate, "num_requests": args.num_requests})
+                         "rates": args.rates, "num_requests": args.num_requests})
     lm = C.load_lm(args.random_config, dtype)
     prompts, out_lens, _ = make_workload(lm, args.num_requests, args.min_len, args.max_len,
                                          args.seed)
@@ -410,10 +474,15 @@ def main(argv=None):
         hf = C.load_hf_model(lm, dtype, tdev, args.threads)
         C.hf_generate(hf, prompts[:2], 4, pad_id)
 
+    bound = None
+    if "burst" in args.patterns and {"vsurge", "vinference"} <= set(engines):
+        bound = print_work_bound(lm.config, [len(p) for p in prompts], out_lens, args.slots,
+                         engines["vinference"], engines["vsurge"])
+
     results = {}
-    for pattern in args.patterns:
-        w = Workload(prompts, out_lens, arrival_offsets(pattern, args.num_requests, args.rate,
-                                                        args.seed))
+    for pattern, rate in args.runs:
+        w = Workload(prompts, out_lens, arrival_offsets(pattern.split("@")[0], args.num_requests,
+                                                        rate, args.seed))
         for name in [e for e in ALL_ENGINES if e in args.engines]:
             if name == "transformers" and hf is None:
                 continue
@@ -433,7 +502,7 @@ def main(argv=None):
                   f"{s['itl_p50'] * 1e3:.0f}ms p99 {s['itl_p99'] * 1e3:.0f}ms; "
                   f"compile in run {probe.seconds:.1f}s")
 
-    for pattern in args.patterns:
+    for pattern, rate in args.runs:
         rows = []
         for name in ALL_ENGINES:
             s = results.get((pattern, name))
@@ -443,12 +512,12 @@ def main(argv=None):
                          s["itl_p50"] * 1e3, s["itl_p99"] * 1e3, s["e2e_p50"],
                          C.fmt(s["compile_in_run_s"])])
         title = (f"{pattern}: {args.num_requests} requests, prompt/output {args.min_len}..{args.max_len}"
-                 + (f", Poisson {args.rate} req/s" if pattern == "poisson" else ", all at t=0"))
+                 + (f", Poisson {rate:g} req/s" if rate else ", all at t=0"))
         C.print_table(["engine", "out tok/s", "span s", "TTFT p50 s", "TTFT p99 s",
                        "ITL p50 ms", "ITL p99 ms", "E2E p50 s", "compile in run s"], rows,
                       title=title)
     rows = []
-    for pattern in args.patterns:
+    for pattern, _ in args.runs:
         vs = results.get((pattern, "vsurge"))
         for peer in ("vinference", "transformers", "vsurge-interleaved"):
             other = results.get((pattern, peer))
@@ -486,7 +555,8 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump(dict(environment=C.environment(), args=vars(args),
                            results={f"{p}/{n}": v for (p, n), v in results.items()},
-                           equal_length=eq, warmup_s=warm_s), f, indent=1)
+                           equal_length=eq, warmup_s=warm_s, burst_work_bound=bound), f,
+                      indent=1)
 
 
 if __name__ == "__main__":
