@@ -66,7 +66,7 @@ class LoadedModel:
         return sum(x.size for x in jax.tree.leaves(self.state))
 
     def new_cache(self, batch_size: int, max_len: int, dtype=None) -> ContiguousKVCache:
-        """A zeroed contiguous KV cache `[L, B, S, Hkv, D]` (sharded like the params)."""
+        """A zeroed contiguous KV cache `[L, B, Hkv, S, D]` (sharded like the params)."""
         c = self.config
         sharding = None
         if self.mesh is not None:
