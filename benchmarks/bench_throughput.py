@@ -9,7 +9,12 @@ Arrival patterns:
 - burst: every request arrives at t=0;
 - poisson: exponential gaps at `--rate` requests/s (default 0.5: on the reference 2-core box a
   32-slot vSurge decodes ~130 tok/s, and with 136 output tokens per request on average it saturates
-  near 1 req/s; 0.5 keeps it loaded, not saturated. Pass a higher rate on faster machines).
+  near 1 req/s; 0.5 keeps it loaded, not saturated. Pass a higher rate on faster machines, or
+  several, `--rate 0.5,1,2`: one Poisson run per rate).
+
+Before the runs, for the burst: the work each schedule needs, counted from the workload
+(`work_bound`: vInference's static batches decode to their longest output; vSurge at best decodes
+each output token once), and the largest vSurge / vInference ratio that work allows.
 
 How each engine receives requests:
 - vsurge / vsurge-interleaved: `submit()` at arrival time (32 decode slots, max_concurrent_prefill
