@@ -399,15 +399,20 @@ def work_bound(cfg, prompt_lens, out_lens, slots, vi_buckets, vs_prefill_buckets
         vi_rows += rows * (max(outs) - 1)
         vi_prefill += rows * pick_bucket(max(lens), prefill_b)
     vs_rows = sum(o - 1 for o in out_lens)
+    vs_steps = -(-vs_rows // slots)
     vs_prefill = sum(pick_bucket(p, vs_prefill_buckets) for p in prompt_lens)
-    vi_flops = vi_rows * (layer_flops + head_flops) + vi_prefill * layer_flops + n * head_flops
-    vs_flops = vs_rows * (layer_flops + head_flops) + vs_prefill * layer_flops + n * head_flops
-    vs_exact = vs_rows * (layer_flops + head_flops) + sum(prompt_lens) * layer_flops + n * head_flops
+
+    def flops(decode_rows, prefill_tokens):
+        return (decode_rows * (layer_flops + head_flops) + prefill_tokens * layer_flops
+                + n * head_flops)
+
+    vi_flops = flops(vi_rows, vi_prefill)
     return dict(vinference_decode_row_steps=vi_rows, vinference_decode_steps=vi_steps,
                 vinference_prefill_tokens=vi_prefill, vsurge_decode_row_steps=vs_rows,
-                vsurge_decode_steps=-(-vs_rows // slots), vsurge_prefill_tokens=vs_prefill,
-                compute_bound=vi_flops / vs_flops, compute_bound_unpadded=vi_flops / vs_exact,
-                step_bound=vi_steps / -(-vs_rows // slots))
+                vsurge_decode_steps=vs_steps, vsurge_prefill_tokens=vs_prefill,
+                compute_bound=vi_flops / flops(vs_rows, vs_prefill),
+                compute_bound_unpadded=vi_flops / flops(vs_rows, sum(prompt_lens)),
+                step_bound=vi_steps / vs_steps)
 
 
 def print_work_bound(cfg, prompt_lens, out_lens, slots, vi, vs) -> dict:
@@ -482,12 +487,12 @@ def main(argv=None):
     bound = None
     if "burst" in args.patterns and {"vsurge", "vinference"} <= set(engines):
         bound = print_work_bound(lm.config, [len(p) for p in prompts], out_lens, args.slots,
-                         engines["vinference"], engines["vsurge"])
+                                 engines["vinference"], engines["vsurge"])
 
     results = {}
     for pattern, rate in args.runs:
-        w = Workload(prompts, out_lens, arrival_offsets(pattern.split("@")[0], args.num_requests,
-                                                        rate, args.seed))
+        w = Workload(prompts, out_lens, arrival_offsets("poisson" if rate else "burst",
+                                                        args.num_requests, rate, args.seed))
         for name in [e for e in ALL_ENGINES if e in args.engines]:
             if name == "transformers" and hf is None:
                 continue
