@@ -29,6 +29,7 @@ from workbench.engines.buckets import pick_bucket
 from workbench.engines.decode_reads import DecodeReads
 from workbench.engines.model_runner import ChunkOutput, DecodeState, ModelRunner
 from workbench.engines.vsurge_scheduler import Assignment
+from workbench.loading.loader import delete_arrays
 from workbench.sampler import SamplerOutput
 from workbench.sampling_params import SamplingParams
 from workbench.sampling_tensors import PenaltyState, SamplingTensors
@@ -69,7 +70,7 @@ class SlotDevice:
         self._sampling = self._sampling_owners = None
 
     def free(self) -> None:
-        _delete(self.cache, self.state)
+        delete_arrays(self.cache, self.state)
         self.cache = self.state = self._sampling = self._sampling_owners = None
 
     # ---- dispatches ------------------------------------------------------------------------------
@@ -167,12 +168,6 @@ class SlotDevice:
                 n_decode += 1
             nowhere = np.full(R, B, np.int32)  # out-of-range indices move nothing
             cache, state = self.runner.move_rows(cache, state, nowhere, nowhere)
-        _delete(cache, state)
+        delete_arrays(cache, state)
         return {"prefill": len(lengths) * len(self.batch_buckets), "decode": n_decode,
                 "seconds": time.perf_counter() - t0}
-
-
-def _delete(*trees) -> None:
-    for x in jax.tree.leaves(trees):
-        if isinstance(x, jax.Array) and not x.is_deleted():
-            x.delete()

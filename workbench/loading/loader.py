@@ -94,10 +94,16 @@ class LoadedModel:
 
     def close(self) -> None:
         """Free the parameters' device memory; the object is unusable afterwards."""
-        for x in jax.tree.leaves(self.state):
-            if isinstance(x, jax.Array) and not x.is_deleted():
-                x.delete()
+        delete_arrays(self.state)
         self.state = None
+
+
+def delete_arrays(*trees) -> None:
+    """Free the device memory of every live `jax.Array` in `trees` now, not at garbage collection
+    (engines call it on close; a notebook can rebuild an engine without holding two)."""
+    for x in jax.tree.leaves(trees):
+        if isinstance(x, jax.Array) and not x.is_deleted():
+            x.delete()
 
 
 @functools.lru_cache(maxsize=8)
