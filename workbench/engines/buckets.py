@@ -19,7 +19,7 @@ def pow2_buckets(lo: int, hi: int) -> tuple[int, ...]:
 def fine_buckets(lo: int, hi: int) -> tuple[int, ...]:
     """Powers of two and the midpoints 1.5 x 2^k between lo and hi (hi always last): a length
     above lo is padded by at most 1.5x instead of 2x, for costs that grow with the padding
-    (decode attention reads every cached position up to the bucket)."""
+    (a prefill's work, or decode attention reading every cached position up to the bucket)."""
     out = set()
     for b in pow2_buckets(lo, hi):
         out.add(b)
