@@ -49,3 +49,23 @@ def test_decode_reads_pick_the_smallest_size_that_covers_every_live_row():
         DecodeReads("paged", max_model_len=64)
     with pytest.raises(ValueError, match="block_size"):
         DecodeReads(max_model_len=64, block_size=0)
+
+
+def test_engines_pad_prompts_by_at_most_half_by_default(tiny_llama):
+    """Both engines' default prompt buckets are `fine_buckets`: a prompt longer than the smallest
+    bucket is padded by at most 1.5x (a 40-token prompt prefills at 48, not 64)."""
+    from workbench.engines.vinference import vInference
+    from workbench.engines.vsurge import vSurge
+
+    vi = vInference(tiny_llama, max_model_len=256)
+    vs = vSurge(tiny_llama, max_concurrent_decodes=2, max_model_len=256)
+    try:
+        for buckets, top in [(vi.prefill_buckets, vi.max_model_len),
+                             (vs.prefill_buckets, vs.max_prefill_length)]:
+            assert buckets[0] == 16 and buckets[-1] == top
+            assert pick_bucket(40, buckets) == 48
+            for n in range(17, top + 1):
+                assert pick_bucket(n, buckets) <= n * 1.5
+    finally:
+        vi.close()
+        vs.close()
