@@ -52,7 +52,7 @@ def test_decode_reads_pick_the_smallest_size_that_covers_every_live_row():
 
 
 def test_engines_pad_prompts_by_at_most_half_by_default(tiny_llama):
-    """Both engines' default prompt buckets are `fine_buckets`: a prompt longer than the smallest
+    """Both engines' default prompt buckets are `prompt_buckets`: a prompt longer than the smallest
     bucket is padded by at most 1.5x (a 40-token prompt prefills at 48, not 64)."""
     from workbench.engines.vinference import vInference
     from workbench.engines.vsurge import vSurge

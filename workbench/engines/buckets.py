@@ -28,6 +28,13 @@ def fine_buckets(lo: int, hi: int) -> tuple[int, ...]:
     return tuple(sorted(out))  # pow2_buckets stay in [lo, hi]; midpoints are checked < hi
 
 
+def prompt_buckets(max_len: int) -> tuple[int, ...]:
+    """The engines' default prompt-length buckets up to `max_len`: `fine_buckets` from 16, so a
+    prompt is padded by at most 1.5x (a prefill's work grows with its padded length; a 40-token
+    prompt prefills at 48, not 64)."""
+    return fine_buckets(min(16, max_len), max_len)
+
+
 def pick_bucket(n: int, buckets: Sequence[int]) -> int:
     """Smallest bucket >= n; ValueError if n exceeds the largest."""
     for b in buckets:

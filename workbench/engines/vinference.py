@@ -21,7 +21,7 @@ import numpy as np
 
 from workbench.engines.base import Engine
 from workbench.engines.batching import build_prefill_batch, to_logprob
-from workbench.engines.buckets import fine_buckets, pick_bucket, pow2_buckets
+from workbench.engines.buckets import pick_bucket, pow2_buckets, prompt_buckets
 from workbench.engines.decode_reads import DecodeReads
 from workbench.engines.model_runner import DecodeState, runner_for
 from workbench.engines.request import Request, Sequence
@@ -58,9 +58,8 @@ class vInference(Engine):  # noqa: N801 - the engine's name
                                  attention_backend=model.attention_backend,
                                  block_size=block_size, read_buckets=read_buckets,
                                  block_buckets=block_buckets)
-        # Prompt lengths: powers of two and 1.5x midpoints, so a prompt is padded by at most 1.5x
-        # (prefill costs grow with the padded length; compiled lazily, one shape per bucket used).
-        self.prefill_buckets = tuple(sorted(prefill_buckets or fine_buckets(16, self.max_model_len)))
+        # compiled lazily: one prefill shape per (batch, prompt) bucket pair used
+        self.prefill_buckets = tuple(sorted(prefill_buckets or prompt_buckets(self.max_model_len)))
         self.batch_buckets = tuple(sorted(batch_buckets or pow2_buckets(1, max_batch_size)))
         if self.prefill_buckets[-1] < self.max_model_len - 1:
             raise ValueError(f"largest prefill bucket {self.prefill_buckets[-1]} is below "

@@ -34,7 +34,7 @@ import numpy as np
 
 from workbench.engines.base import Engine
 from workbench.engines.batching import to_logprob
-from workbench.engines.buckets import fine_buckets, pick_bucket, pow2_buckets
+from workbench.engines.buckets import pick_bucket, pow2_buckets, prompt_buckets
 from workbench.engines.decode_reads import DecodeReads
 from workbench.engines.model_runner import ChunkOutput, runner_for
 from workbench.engines.output_stream import OutputStream
@@ -79,10 +79,8 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
         self.max_concurrent_prefill = max_concurrent_prefill
         self.max_prefill_length = min(max_prefill_length or self.max_model_len - 1,
                                       self.max_model_len - 1)
-        # powers of two and 1.5x midpoints: a prompt is padded by at most 1.5x (prefill work)
-        self.prefill_buckets = tuple(sorted(
-            prefill_buckets or fine_buckets(min(16, self.max_prefill_length),
-                                            self.max_prefill_length)))
+        self.prefill_buckets = tuple(sorted(prefill_buckets
+                                            or prompt_buckets(self.max_prefill_length)))
         if self.prefill_buckets[-1] < self.max_prefill_length:
             raise ValueError(f"largest prefill bucket {self.prefill_buckets[-1]} is below "
                              f"max_prefill_length {self.max_prefill_length}")
