@@ -65,7 +65,7 @@ def parse_args(argv=None):
     return a
 
 
-def cold_first_token(prompt_len: int, dtype: str | None) -> dict:
+def cold_first_token(dtype: str | None) -> dict:
     """A fresh interpreter: import, load the embedded model, build vInference, generate 1 token
     (`dtype` None: the benchmark's default for the backend, as `common.run_setup` picks it)."""
     code = f"""
@@ -109,7 +109,7 @@ def main(argv=None):
     cold = None
     if not args.no_cold and args.random_config is None:
         C.log("cold start: fresh interpreter -> load_model('embedded') -> vInference -> 1 token")
-        cold = cold_first_token(args.prompt_len, args.dtype)
+        cold = cold_first_token(args.dtype)
 
     from workbench.engines.vinference import vInference
     from workbench.engines.vsurge import vSurge
