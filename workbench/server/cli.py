@@ -18,7 +18,9 @@ import threading
 import time
 from typing import Any, TextIO
 
-ENGINES = ("vinference", "vsurge")
+from workbench.engines.catalog import engine_kinds
+
+ENGINES = engine_kinds()  # workbench.engines.catalog (imports no engine)
 
 
 def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -56,18 +58,12 @@ def load_model(source: str, dtype: str | None = None) -> Any:
 
 def engine_class(name: str) -> type:
     """The engine class for `--engine` (imported lazily); ImportError with a clear message."""
-    if name == "vinference":
-        from workbench.engines.vinference import vInference
+    from workbench.engines.catalog import engine_class as lookup
 
-        return vInference
-    if name == "vsurge":
-        try:
-            from workbench.engines.vsurge import vSurge
-        except ImportError as exc:
-            raise ImportError(f"the vsurge engine is not available in this install ({exc}); "
-                              "use --engine vinference") from exc
-        return vSurge
-    raise ImportError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
+    try:
+        return lookup(name)
+    except ValueError as exc:
+        raise ImportError(str(exc)) from exc
 
 
 def curl_example(url: str, model: str, api_key: str | None) -> str:
