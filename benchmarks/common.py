@@ -395,37 +395,8 @@ def chat_prompts(tokenizer, n: int, length: int, seed: int = 0) -> list[list[int
     return out
 
 
-def corpus_text() -> str:
-    """Real English text available offline: docstrings of standard-library modules."""
-    import argparse, collections, concurrent.futures, contextlib as cl, dataclasses as dc
-    import decimal, email, fractions, functools, http.client, inspect, json, logging, pathlib
-    import pickle, re, shutil, socket, subprocess, tarfile, threading as th, typing, unittest, zipfile
-
-    mods = [argparse, collections, concurrent.futures, cl, dc, decimal, email, fractions, functools,
-            http.client, inspect, json, logging, pathlib, pickle, re, shutil, socket, subprocess,
-            tarfile, th, typing, unittest, zipfile]
-    parts = []
-    for m in mods:
-        parts.append(m.__doc__ or "")
-        for name in sorted(dir(m)):
-            doc = getattr(getattr(m, name, None), "__doc__", None)
-            if isinstance(doc, str) and len(doc) > 200:
-                parts.append(doc)
-    return "\n\n".join(parts)
-
-
-def text_token_prompts(tokenizer, lengths: Sequence[int], seed: int = 0,
-                       vocab_size: int | None = None) -> list[list[int]]:
-    """Token-id prompts of the given lengths cut at random offsets from real text (tokenized once).
-    Without a tokenizer (random-weight models), seeded random ids below `vocab_size`."""
-    rng = np.random.default_rng(seed)
-    if tokenizer is None:
-        return [rng.integers(10, vocab_size, size=n).tolist() for n in lengths]
-    ids = tokenizer.encode(corpus_text(), add_special_tokens=False)
-    need = max(lengths)
-    if len(ids) < 2 * need:
-        ids = ids * (2 * need // max(len(ids), 1) + 1)
-    return [ids[o:o + n] for n, o in zip(lengths, rng.integers(0, len(ids) - need, len(lengths)))]
+# The workload text lives in the library's load generator (one copy): re-exported for the scripts.
+from workbench.loadgen import corpus_text, text_token_prompts  # noqa: E402, F401
 
 
 def random_token_prompts(n: int, length: int, vocab_size: int, seed: int = 0) -> list[list[int]]:

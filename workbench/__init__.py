@@ -6,6 +6,9 @@
     engine.generate("Hello", workbench.SamplingParams(max_tokens=32))
     server = workbench.serve(engine)                 # OpenAI-compatible API in the background
 
+    bench = workbench.Workbench()                    # the facade the UI holds: load, engines,
+    bench.load("embedded")                           # compare, serve, bench, metrics history
+
 Names are imported lazily, so `import workbench` is cheap and the server's dependencies are only
 needed when the server is used.
 """
@@ -33,6 +36,10 @@ _EXPORTS = {
     "vSurge": "workbench.engines.vsurge",
     "MetricsCollector": "workbench.metrics",
     "serve": "workbench.server",
+    "Workbench": "workbench.facade",
+    "Comparison": "workbench.comparison",
+    "MetricsHistory": "workbench.metrics_history",
+    "run_bench": "workbench.loadgen",
     "create_app": "workbench.server",
 }
 

@@ -89,7 +89,9 @@ the event happens), ``e2e_s``, ``decode_s`` and ``itl_s`` (recorded at finish;
 at least two tokens).  ``generation_tokens_per_s`` is the tokens generated in
 the last 10 s divided by ``min(10 s, uptime)``.  ``requests`` lists the last 50
 finished requests, newest last.  ``reset()`` clears these windows, never the
-Prometheus counters nor the cumulative totals.
+Prometheus counters nor the cumulative totals. ``latency_totals`` holds the cumulative
+``{"ttft_s": {"sum", "count"}, "itl_s": {"sum", "count"}}`` of every observation (as the
+histograms' ``_sum``/``_count``), so a sampler can compute the mean latency between two snapshots.
 """
 
 from __future__ import annotations
@@ -245,6 +247,8 @@ class MetricsCollector:
         self._n_prompt_tokens = 0
         self._n_generation_tokens = 0
         self._finished_by_reason = dict.fromkeys(FINISHED_REASONS, 0)
+        # cumulative latency sums and counts (as the histograms'), for rates between snapshots
+        self._latency_sums = {"ttft_s": [0.0, 0], "itl_s": [0.0, 0]}
         self._init_windows()
 
     def _init_windows(self) -> None:
@@ -278,6 +282,8 @@ class MetricsCollector:
         r.ttft_s = ttft
         self._h_ttft.observe(ttft)
         self._w_ttft.append(ttft)
+        self._latency_sums["ttft_s"][0] += ttft
+        self._latency_sums["ttft_s"][1] += 1
         if r.scheduled is not None:
             prefill = max(0.0, now - r.scheduled)
             r.prefill_s = prefill
@@ -338,6 +344,8 @@ class MetricsCollector:
                     self._h_itl.observe(itl)
                 r.itl_sum += gap
                 r.itl_count += n
+                self._latency_sums["itl_s"][0] += gap
+                self._latency_sums["itl_s"][1] += n
                 r.last_token = t
             r.generation_tokens += n
             self._add_generated(n, t)
@@ -480,6 +488,8 @@ class MetricsCollector:
                 "prefill_s": _summary(self._w_prefill),
                 "decode_s": _summary(self._w_decode),
                 "requests": [dict(d) for d in self._recent],
+                "latency_totals": {k: {"sum": v[0], "count": v[1]}
+                                   for k, v in self._latency_sums.items()},
             }
 
     def render(self) -> bytes:

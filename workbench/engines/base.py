@@ -5,6 +5,10 @@ Every engine:
   token ids, or a list of either; one `SamplingParams` for all or one per prompt.
 - `stream(prompt, sampling_params=None) -> Iterator[RequestOutput]`: outputs carry `delta_text`;
   the last one has `finished=True`.
+- `stream_many(prompts, sampling_params=None) -> Iterator[tuple[int, RequestOutput]]`: every
+  prompt submitted at once (one static batch where the engine batches statically), outputs with
+  `delta_text` interleaved as they come, each tagged with its prompt's index; every prompt's last
+  output has `finished=True`. Leaving the iterator early aborts what is left.
 - `chat(messages, sampling_params=None, stream=False)`: the tokenizer's chat template with
   `add_generation_prompt=True`, then `generate` or `stream`.
 - async twins `agenerate`, `astream`, `achat` for servers (the event loop is never blocked).
@@ -20,6 +24,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import itertools
+import queue
 import threading
 import uuid
 from typing import AsyncIterator, Iterator
@@ -45,6 +50,11 @@ class Engine(abc.ABC):
         if not isinstance(model, LoadedModel):
             raise TypeError(f"model must be a LoadedModel (from load_model), got {type(model).__name__}")
         limit = model.config.max_position_embeddings
+        if max_model_len is not None and (isinstance(max_model_len, bool)
+                                          or not isinstance(max_model_len, int)
+                                          or max_model_len < 2):
+            raise ValueError(f"max_model_len must be an integer >= 2 (or None for the default), "
+                             f"got {max_model_len!r}")
         self.max_model_len = min(max_model_len or min(limit, 4096), limit)
         if self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
@@ -143,6 +153,59 @@ class Engine(abc.ABC):
     def abort(self, request_id: str) -> bool:
         """End a request (finish_reason "abort"); False if it is unknown or already finished."""
 
+    def stream_many(self, prompts, sampling_params=None) -> Iterator[tuple[int, RequestOutput]]:
+        """See the module docstring. This version suits background engines (their driver batches
+        whatever is queued): one `stream` per prompt, read by a thread each, merged in one queue.
+        Static-batching engines override it to run the prompts as one batch."""
+        self._check_open()
+        prompts = self.normalize_prompts(prompts)
+        params = self.normalize_params(sampling_params, len(prompts))
+        for p, sp in zip(prompts, params):  # validate every prompt before submitting any
+            self.make_request(p, sp)
+        ids = [self.new_request_id() for _ in prompts]
+        iters = []
+        try:
+            for p, sp, rid in zip(prompts, params, ids):
+                iters.append(self.stream(p, sp, request_id=rid))
+        except BaseException:
+            for rid in ids[:len(iters)]:
+                self.abort(rid)
+            raise
+        return self._merge_streams(iters, ids)
+
+    def _merge_streams(self, iters, ids) -> Iterator[tuple[int, RequestOutput]]:
+        merged: queue.SimpleQueue = queue.SimpleQueue()
+        done = object()
+
+        def pump(i, it):
+            try:
+                for out in it:
+                    merged.put((i, out))
+            except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+                merged.put((i, e))
+            merged.put((i, done))
+
+        threads = [threading.Thread(target=pump, args=(i, it), daemon=True,
+                                    name=f"{self.engine_name}-stream-{i}")
+                   for i, it in enumerate(iters)]
+        for t in threads:
+            t.start()
+        pending = set(range(len(iters)))
+        try:
+            while pending:
+                i, item = merged.get()
+                if item is done:
+                    pending.discard(i)
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield i, item
+        finally:
+            for i in pending:
+                self.abort(ids[i])
+            for t in threads:
+                t.join(timeout=5.0)
+
     def chat(self, messages, sampling_params: SamplingParams | None = None, stream: bool = False,
              **kwargs):
         ids, text = self.chat_prompt(messages)
@@ -170,6 +233,11 @@ class Engine(abc.ABC):
 
     def metrics(self) -> dict:
         return self.collector.snapshot()
+
+    def kv_cache_bytes(self) -> int:
+        """Bytes of KV cache this engine holds between requests (0 for an engine that allocates
+        its cache per batch, as vInference does)."""
+        return 0
 
     # ---- async twins (run the sync engine in a worker thread; never block the loop) ----------
     async def agenerate(self, prompts, sampling_params=None) -> list[RequestOutput]:

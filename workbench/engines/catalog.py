@@ -7,8 +7,8 @@ engine is registered once (add it to `ENGINES`).
 - `engine_class(kind) -> type`: imported lazily; ValueError naming the known kinds for an unknown one.
 - `engine_knobs(kind) -> dict[str, default]`: the keyword arguments its constructor takes after the
   model (what a UI offers as knobs).
-- `check_knobs(kind, knobs)`: ValueError naming an unknown knob and the valid ones. Values are
-  validated by the engine's constructor itself.
+- `check_knobs(kind, knobs)`: ValueError naming an unknown knob (and the valid ones) or a value
+  of the wrong type. Ranges are validated by the engine's constructor itself.
 """
 
 from __future__ import annotations
@@ -43,8 +43,25 @@ def engine_knobs(kind: str) -> dict[str, Any]:
 
 
 def check_knobs(kind: str, knobs: dict[str, Any]) -> None:
+    """Unknown knobs, and values whose type differs from the default's (a bool where the
+    default is a bool, an int where it is an int, ...), raise ValueError naming the knob."""
     valid = engine_knobs(kind)
     unknown = sorted(set(knobs) - set(valid))
     if unknown:
         raise ValueError(f"{kind} has no knob {unknown[0]!r}; its knobs are "
                          f"{', '.join(sorted(valid))}")
+    for name, value in knobs.items():
+        default = valid[name]
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+        else:  # None default: the constructor checks the value
+            ok = True
+        if not ok:
+            raise ValueError(f"{kind} knob {name!r} must be a {type(default).__name__} like its "
+                             f"default {default!r}, got {value!r}")

@@ -85,6 +85,34 @@ class vInference(Engine):  # noqa: N801 - the engine's name
                                 priority=priority, prompt_text=prompt_text)
         return self._stream(req)
 
+    def stream_many(self, prompts, sampling_params=None) -> Iterator[tuple[int, RequestOutput]]:
+        """All prompts as one static batch (or several of `max_batch_size`), streamed."""
+        self._check_open()
+        prompts = self.normalize_prompts(prompts)
+        params = self.normalize_params(sampling_params, len(prompts))
+        requests = [self.make_request(p, sp) for p, sp in zip(prompts, params)]
+        return self._stream_many(requests)
+
+    def _stream_many(self, requests: list[Request]) -> Iterator[tuple[int, RequestOutput]]:
+        ended = [False] * len(requests)
+        try:
+            for _ in self._run(requests):
+                for i, req in enumerate(requests):
+                    if ended[i]:
+                        continue
+                    out = req.output(delta=True)
+                    if out.finished or any(o.delta_text or o.delta_token_ids
+                                           for o in out.outputs):
+                        ended[i] = out.finished
+                        yield i, out
+            for i, req in enumerate(requests):
+                if not ended[i]:  # finished without new tokens (e.g. aborted)
+                    yield i, req.output(delta=True)
+        finally:
+            for req in requests:
+                if not req.finished:  # the consumer stopped early
+                    self._abort_request(req)
+
     def _stream(self, req: Request) -> Iterator[RequestOutput]:
         try:
             for _ in self._run([req]):

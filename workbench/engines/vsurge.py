@@ -77,6 +77,8 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
             raise ValueError(f"decode_steps must be an integer >= 1, got {decode_steps!r}")
         self.max_concurrent_decodes = max_concurrent_decodes
         self.max_concurrent_prefill = max_concurrent_prefill
+        if max_prefill_length is not None and max_prefill_length < 1:
+            raise ValueError(f"max_prefill_length must be >= 1, got {max_prefill_length}")
         self.max_prefill_length = min(max_prefill_length or self.max_model_len - 1,
                                       self.max_model_len - 1)
         self.prefill_buckets = tuple(sorted(prefill_buckets
@@ -171,6 +173,10 @@ class vSurge(Engine):  # noqa: N801 - the engine's name
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    def kv_cache_bytes(self) -> int:
+        cache = self.device.cache
+        return 0 if cache is None else sum(x.nbytes for x in jax.tree.leaves(cache))
 
     # ---- submission -----------------------------------------------------------------------------
     def submit(self, prompt: Prompt, sampling_params: SamplingParams | None = None, *,

@@ -18,12 +18,14 @@ Lifecycle: at startup the app calls `start()` on every engine that has one and i
 shutdown it stops those it started (`stop_engines=None`, the default), all of them (`True`) or none
 (`False`). `end_generations(app)` (thread-safe) ends every generation in flight, as a server
 about to stop does: waiting clients get a 503, streams an error event, engines abort the requests.
-Errors always use the OpenAI envelope (see `errors.py`).
+Errors always use the OpenAI envelope (see `errors.py`). `request_log` (a bounded
+`collections.deque`) receives one entry per answered request (see `request_log.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from typing import Any
@@ -38,6 +40,7 @@ from workbench.server.middleware import APIKeyAuth, BodySizeLimit
 from workbench.server.protocol import (ChatCompletionRequest, CompletionRequest,
                                        DetokenizeRequest, TokenizeRequest)
 from workbench.server.registry import ServedModels
+from workbench.server.request_log import RequestLog
 from workbench.server.responses import TokenText
 from workbench.server.serving import create_chat_completion, create_completion
 
@@ -45,7 +48,8 @@ PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def create_app(engines: Any, *, api_key: str | None = None, max_body_bytes: int = 1_000_000,
-               stop_engines: bool | None = None, title: str = "workbench") -> FastAPI:
+               stop_engines: bool | None = None, title: str = "workbench",
+               request_log: collections.deque | None = None) -> FastAPI:
     """Build the FastAPI app; see the module docstring."""
     served = ServedModels(engines, stop_engines=stop_engines)
     served.warn_metric_clashes()
@@ -128,6 +132,8 @@ def create_app(engines: Any, *, api_key: str | None = None, max_body_bytes: int 
     app.add_middleware(BodySizeLimit, max_body_bytes=max_body_bytes)
     if api_key is not None:
         app.add_middleware(APIKeyAuth, api_key=api_key)
+    if request_log is not None:  # outermost: refused requests are logged too
+        app.add_middleware(RequestLog, log=request_log)
     return app
 
 

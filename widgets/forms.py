@@ -1,0 +1,126 @@
+"""Form values -> library objects, shared by the ipywidgets views and the Panel dashboard.
+
+Views collect plain values (strings from text boxes, numbers from sliders) and call these; every
+bad value raises ValueError naming the field, which the view shows in the page.
+
+- `SAMPLING_FIELDS`: the sampling fields a person sets, with their default, kind and range, in
+  display order (views build their widgets from it).
+- `sampling_params(values) -> SamplingParams`: a dict of form values (missing -> default; "" in a
+  text field -> default; stop strings one per line; seed "" -> None) validated by SamplingParams.
+- `knob_fields(kind) -> list[(name, default)]`: an engine kind's constructor knobs.
+- `parse_knobs(kind, texts) -> dict`: text-box values -> typed knobs (ints, floats, bools,
+  comma-separated int tuples for bucket lists); empty means "engine default".
+- `parse_prompts(text) -> list[str]`: one prompt per non-empty line.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from workbench.engines.catalog import engine_knobs
+from workbench.sampling_params import SamplingParams
+
+# name: (default, kind, (low, high) for numbers / None)
+SAMPLING_FIELDS: dict[str, tuple[Any, str, tuple | None]] = {
+    "max_tokens": (64, "int", (1, 4096)),
+    "temperature": (0.0, "float", (0.0, 2.0)),
+    "top_p": (1.0, "float", (0.01, 1.0)),
+    "top_k": (-1, "int", (-1, 1000)),
+    "min_p": (0.0, "float", (0.0, 1.0)),
+    "presence_penalty": (0.0, "float", (-2.0, 2.0)),
+    "frequency_penalty": (0.0, "float", (-2.0, 2.0)),
+    "repetition_penalty": (1.0, "float", (0.1, 2.0)),
+    "seed": ("", "text", None),
+    "stop": ("", "lines", None),
+    "ignore_eos": (False, "bool", None),
+}
+
+PRESET_PROMPTS = (
+    "The capital of France is",
+    "Write a haiku about the sea.",
+    "def fibonacci(n):",
+    "Explain what a KV cache is in one sentence.",
+)
+
+
+def sampling_params(values: Mapping[str, Any]) -> SamplingParams:
+    kw: dict[str, Any] = {}
+    for name, (default, kind, _) in SAMPLING_FIELDS.items():
+        value = values.get(name, default)
+        if kind == "text":  # seed
+            text = str(value).strip() if value is not None else ""
+            if text:
+                try:
+                    kw[name] = int(text)
+                except ValueError:
+                    raise ValueError(f"seed must be an integer or empty, got {text!r}") from None
+        elif kind == "lines":  # stop strings, one per line
+            lines = [s for s in str(value or "").splitlines() if s]
+            if lines:
+                kw[name] = lines
+        elif kind == "int":
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            kw[name] = value
+        else:
+            kw[name] = value
+    return SamplingParams(**kw)
+
+
+def knob_fields(kind: str) -> list[tuple[str, Any]]:
+    return list(engine_knobs(kind).items())
+
+
+def _parse_one(kind: str, name: str, text: str, default: Any) -> Any:
+    t = text.strip()
+    what = f"{kind} knob {name!r}"
+    if isinstance(default, bool):
+        if t.lower() in ("true", "yes", "1", "on"):
+            return True
+        if t.lower() in ("false", "no", "0", "off"):
+            return False
+        raise ValueError(f"{what} must be true or false, got {t!r}")
+    if isinstance(default, int):
+        try:
+            return int(t)
+        except ValueError:
+            raise ValueError(f"{what} must be an integer, got {t!r}") from None
+    if isinstance(default, float):
+        try:
+            return float(t)
+        except ValueError:
+            raise ValueError(f"{what} must be a number, got {t!r}") from None
+    if isinstance(default, str):
+        return t
+    # default None: an int, a tuple of ints ("16, 32, 64"), or a word
+    if "," in t:
+        try:
+            return tuple(int(x) for x in t.split(",") if x.strip())
+        except ValueError:
+            raise ValueError(f"{what} must be comma-separated integers, got {t!r}") from None
+    try:
+        return int(t)
+    except ValueError:
+        return t
+
+
+def parse_knobs(kind: str, texts: Mapping[str, Any]) -> dict[str, Any]:
+    """Text-box values -> typed knobs; empty (or None) keeps the engine's default."""
+    fields = dict(knob_fields(kind))
+    out: dict[str, Any] = {}
+    for name, value in texts.items():
+        if name not in fields:
+            raise ValueError(f"{kind} has no knob {name!r}")
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        if isinstance(value, str):
+            value = _parse_one(kind, name, value, fields[name])
+        out[name] = value
+    return out
+
+
+def parse_prompts(text: str) -> list[str]:
+    prompts = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError("enter at least one prompt (one per line)")
+    return prompts
