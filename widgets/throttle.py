@@ -25,6 +25,8 @@ class Throttle:
     def __call__(self) -> None:
         """Ask for a redraw: now if the last one is old enough, else once the interval is up."""
         with self._lock:
+            if self._timer is not None:  # a draw is scheduled: it will show this state too
+                return
             wait = self._last + self.interval - time.monotonic()
             if wait > 0:
                 if self._timer is None:

@@ -1,0 +1,81 @@
+"""Metrics tab: live charts of every engine from the workbench's metrics history (output tok/s,
+running and waiting requests, TTFT and ITL, KV-cache usage), redrawn once a second, and a button
+that sends a load to the engines so there is something to watch.
+
+Charts are SVG drawn in Python into HTML widgets (`widgets/svg_chart.py` says why: they render in
+Colab, where `push_notebook` does not, with nothing to install)."""
+
+from __future__ import annotations
+
+import ipywidgets as w
+
+from widgets.jupyter.common import Status
+from widgets.svg_chart import line_chart
+from widgets.tasks import Tasks, Ticker
+
+WINDOW_S = 120.0
+CHARTS = (  # (title, y label, [(field, label suffix, scale)])
+    ("output tok/s", "tok/s", [("output_tok_s", "", 1.0)]),
+    ("requests running / waiting", "requests", [("running", "", 1.0),
+                                                ("waiting", " wait", 1.0)]),
+    ("TTFT (mean per interval)", "ms", [("ttft_ms", "", 1.0)]),
+    ("inter-token latency", "ms", [("itl_ms", "", 1.0)]),
+    ("KV cache usage", "%", [("kv_usage", "", 100.0)]),
+)
+
+
+def chart_series(history, engines, fields, window_s: float = WINDOW_S):
+    """[(label, xs, ys)] over the last `window_s` seconds, one series per engine and field."""
+    out = []
+    for engine in engines:
+        cols = history.series(engine)
+        if not cols["t"]:
+            continue
+        t_end = cols["t"][-1]
+        keep = [i for i, t in enumerate(cols["t"]) if t >= t_end - window_s]
+        xs = [cols["t"][i] for i in keep]
+        for field, suffix, scale in fields:
+            ys = [None if cols[field][i] is None else scale * cols[field][i] for i in keep]
+            out.append((engine + suffix, xs, ys))
+    return out
+
+
+def draw_charts(history, engines) -> list[str]:
+    return [line_chart(chart_series(history, engines, fields), title=title, y_label=unit)
+            for title, unit, fields in CHARTS]
+
+
+class MetricsView(w.VBox):
+    def __init__(self, wb, interval: float = 1.0, live: bool = True):
+        self.wb = wb
+        self.status = Status()
+        self.tasks = Tasks(self.status.error, "metrics")
+        self.charts = [w.HTML() for _ in CHARTS]
+        self.load_button = w.Button(description="Send a load", icon="bolt",
+                                    tooltip="16 requests to every engine, 4 at a time")
+        self.load_button.on_click(lambda _: self.tasks.run(self.send_load))
+        self.redraws = 0
+        self.draw()
+        grid = w.GridBox(self.charts, layout=w.Layout(
+            grid_template_columns="repeat(auto-fill, minmax(430px, 1fr))"))
+        super().__init__([w.HBox([self.load_button, self.status]), grid])
+        self._ticker = Ticker(self.draw, interval, "metrics-view") if live else None
+
+    def draw(self) -> None:
+        engines = list(self.wb.engines)
+        for widget, svg in zip(self.charts, draw_charts(self.wb.history, engines)):
+            widget.value = svg
+        self.redraws += 1
+
+    def send_load(self, num_requests: int = 16) -> None:
+        self.status.ok("sending a load...")
+        self.wb.bench(num_requests=num_requests, max_concurrency=4, max_tokens=32,
+                      warmup=False)
+        self.status.ok("load done")
+
+    def refresh(self) -> None:
+        self.draw()
+
+    def close_view(self) -> None:
+        if self._ticker is not None:
+            self._ticker.stop()

@@ -1,0 +1,81 @@
+"""`Tasks`: how a view runs long work (loading, generating, benchmarking) off the kernel's thread.
+
+    tasks = Tasks(on_error=lambda message: status.value = message)
+    tasks.run(work)        # a daemon thread; an exception becomes on_error("ValueError: ...")
+    tasks.wait(timeout)    # tests and notebooks: block until the work is done
+
+A click handler only starts a task and returns, so the notebook (or the Panel server's event
+loop) is never blocked. Toolkit-agnostic: the ipywidgets views and the Panel dashboard share it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+logger = logging.getLogger("widgets")
+
+
+class Tasks:
+    def __init__(self, on_error: Callable[[str], None], name: str = "view"):
+        self.on_error = on_error
+        self.name = name
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> threading.Thread:
+        def target():
+            try:
+                fn(*args)
+            except Exception as e:  # noqa: BLE001 - shown in the page, never a dead view
+                logger.debug("%s task failed", self.name, exc_info=True)
+                self.on_error(f"{type(e).__name__}: {e}" if not isinstance(e, ValueError)
+                              else str(e))
+
+        t = threading.Thread(target=target, daemon=True, name=f"{self.name}-task")
+        with self._lock:
+            self._threads = [x for x in self._threads if x.is_alive()] + [t]
+        t.start()
+        return t
+
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return any(t.is_alive() for t in self._threads)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every task started so far has ended; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            threads = list(self._threads)
+        for t in threads:
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if t.is_alive():
+                return False
+        return True
+
+
+class Ticker:
+    """Calls `fn` every `interval` seconds in a daemon thread until `stop()` (live views)."""
+
+    def __init__(self, fn: Callable[[], None], interval: float, name: str = "ticker"):
+        self.fn, self.interval = fn, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name=name)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.fn()
+            except Exception:  # noqa: BLE001 - a redraw that fails must not end the ticker
+                logger.debug("ticker failed", exc_info=True)
+
+    def stop(self) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=5.0)
