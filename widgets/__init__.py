@@ -3,14 +3,28 @@
 - `WorkbenchApp(workbench=None)`: the ipywidgets app (tabs Model, Engines, Playground, Compare,
   Metrics, Server, Bench), for Jupyter, JupyterLab, VS Code and Colab.
 - `widgets.dashboard`: the same tabs as a Panel app (`workbench dashboard`, or
-  `panel serve widgets/dashboard/serve.py`); imported on first use, so the notebook app does not
-  load Panel.
+  `panel serve widgets/dashboard/serve.py`).
 - `ModelLoader`: the model form on its own.
 
-Imports workbench; workbench never imports widgets.
+Names are imported lazily (the `workbench` command imports `widgets.cli` without loading Panel,
+ipywidgets or JAX). Imports workbench; workbench never imports widgets.
 """
 
-from widgets.app import WorkbenchApp
-from widgets.model_loader import ModelLoader, config_table_html
+from __future__ import annotations
 
-__all__ = ["WorkbenchApp", "ModelLoader", "config_table_html"]
+import importlib
+
+_EXPORTS = {"WorkbenchApp": "widgets.app", "ModelLoader": "widgets.model_loader",
+            "config_table_html": "widgets.model_loader"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'widgets' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -1,4 +1,4 @@
-"""The `workbench` command: generate, chat, serve.
+"""The `workbench` command: generate, chat, serve, bench, dashboard.
 
 Errors print one readable line to stderr and exit non-zero (no traceback).
 """
@@ -53,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
         add_serve_parser = None
     if add_serve_parser is not None:
         add_serve_parser(sub)
+    from workbench.loadgen_cli import add_bench_parser
+
+    add_bench_parser(sub)
+    try:  # the UI lives above the library: this entry point is the one place that sees both
+        from widgets.cli import add_dashboard_parser
+    except ImportError:  # widgets (or Panel) not installed
+        add_dashboard_parser = None
+    if add_dashboard_parser is not None:
+        add_dashboard_parser(sub)
     return parser
 
 
@@ -121,6 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in handlers:
             return handlers[args.command](args)
+        if args.command == "bench":
+            from workbench.loadgen_cli import run_bench_command
+
+            return run_bench_command(args)
+        if args.command == "dashboard":
+            from widgets.cli import run_dashboard
+
+            return run_dashboard(args)
         from workbench.server.cli import run_serve
 
         return run_serve(args)

@@ -4,40 +4,12 @@ tok/s and TTFT per engine."""
 
 from __future__ import annotations
 
-import math
-
 import ipywidgets as w
 
 from widgets.formatting import html_table
+from widgets.presenters import BENCH_COLUMNS, bench_charts, parse_rate
 from widgets.jupyter.common import EngineSelect, Status
-from widgets.svg_chart import bar_chart
 from widgets.tasks import Tasks
-
-COLUMNS = ("target", "via", "requests", "failed", "requests/s", "output tok/s", "TTFT p50 (ms)",
-           "TTFT p99 (ms)", "TPOT p50 (ms)", "ITL p50 (ms)", "ITL p99 (ms)")
-
-
-def bench_charts(results) -> list[str]:
-    labels = [f"{r.target} ({r.via})" for r in results]
-    return [bar_chart(labels, [r.metrics["output tok/s"] for r in results],
-                      title="output tok/s", unit="tok/s"),
-            bar_chart(labels, [r.metrics["TTFT p50 (ms)"] for r in results],
-                      title="TTFT p50", unit="ms")]
-
-
-def parse_rate(text: str) -> float:
-    t = (text or "").strip().lower()
-    if t in ("", "inf", "infinity"):
-        return math.inf
-    try:
-        rate = float(t)
-    except ValueError:
-        raise ValueError(f"request rate must be a number of requests/s or 'inf', got {t!r}") \
-            from None
-    if not rate > 0:
-        raise ValueError(f"request rate must be > 0, got {rate}")
-    return rate
-
 
 class BenchView(w.VBox):
     def __init__(self, wb):
@@ -98,7 +70,7 @@ class BenchView(w.VBox):
                                          max_tokens=self.max_tokens.value, on_result=on_result)
         finally:
             self.run_button.disabled = False
-        self.table.value = html_table([r.row() for r in self.results], COLUMNS)
+        self.table.value = html_table([r.row() for r in self.results], BENCH_COLUMNS)
         for widget, svg in zip(self.charts.children, bench_charts(self.results)):
             widget.value = svg
         self.status.ok("done (warm-up excluded: " + ", ".join(

@@ -10,13 +10,10 @@ import ipywidgets as w
 from widgets.forms import PRESET_PROMPTS, parse_prompts
 from widgets.formatting import agreement_badge, html_table
 from widgets.grid import compare_grid_html
+from widgets.presenters import COMPARE_COLUMNS
 from widgets.jupyter.common import EngineSelect, Status, read_sampling, sampling_widgets
 from widgets.tasks import Tasks
 from widgets.throttle import Throttle
-
-SUMMARY_COLUMNS = ("engine", "kind", "tokens", "wall_s", "output_tok_s", "ttft_p50_ms",
-                   "itl_p50_ms", "itl_p99_ms", "identical", "error")
-
 
 class CompareView(w.VBox):
     def __init__(self, wb):
@@ -34,7 +31,7 @@ class CompareView(w.VBox):
                                      indent=False)
         self.sampling = sampling_widgets(("max_tokens", "temperature", "seed", "ignore_eos"),
                                          max_tokens=32)
-        self.run_button = w.Button(description="Compare", button_style="primary", icon="play")
+        self.run_button = w.Button(description="Run comparison", button_style="primary", icon="play")
         self.stop_button = w.Button(description="Stop", icon="stop", disabled=True)
         self.summary = w.HTML()
         self.grid = w.HTML()
@@ -87,7 +84,7 @@ class CompareView(w.VBox):
         finally:
             self.run_button.disabled, self.stop_button.disabled = False, True
         self.comparison = cmp
-        self.summary.value = html_table(cmp.summary(), SUMMARY_COLUMNS)
+        self.summary.value = html_table(cmp.summary(), COMPARE_COLUMNS)
         self._throttle.flush()
         same = sum(cmp.agreement(i)["identical"] for i in range(len(prompts)))
         self.status.ok(f"done: {same}/{len(prompts)} prompts gave identical tokens on every "

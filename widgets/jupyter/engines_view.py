@@ -8,19 +8,8 @@ import ipywidgets as w
 from widgets.forms import knob_fields, parse_knobs
 from widgets.formatting import html_table
 from widgets.jupyter.common import Status
+from widgets.presenters import ENGINE_COLUMNS, engines_rows
 from widgets.tasks import Tasks
-from workbench.devices import format_bytes
-
-COLUMNS = ("name", "kind", "state", "served", "max_model_len", "kv", "running", "waiting",
-           "finished", "generation_tokens")
-
-
-def engines_rows(wb) -> list[dict]:
-    rows = []
-    for info in wb.engines_info():
-        rows.append(dict(info, kv=format_bytes(info["kv_cache_bytes"])))
-    return rows
-
 
 class EnginesView(w.VBox):
     def __init__(self, wb):
@@ -85,7 +74,7 @@ class EnginesView(w.VBox):
         self.refresh()
 
     def refresh(self) -> None:
-        self.table.value = html_table(engines_rows(self.wb), COLUMNS)
+        self.table.value = html_table(engines_rows(self.wb), ENGINE_COLUMNS)
         names = tuple(self.wb.engines)
         if tuple(self.remove_name.options) != names:
             self.remove_name.options = names

@@ -7,22 +7,8 @@ import html
 
 import ipywidgets as w
 
-from widgets.formatting import html_table
 from widgets.model_loader import ModelLoader, config_table_html
-from workbench.devices import format_bytes
-
-
-def devices_html(wb) -> str:
-    devices = wb.devices()
-    mem = wb.memory()
-    rows = [{"device": d["id"], "platform": d["platform"], "kind": d["kind"],
-             "in use": format_bytes(d["bytes_in_use"]), "limit": format_bytes(d["bytes_limit"])}
-            for d in devices]
-    summary = (f"<div style='font-size:12px'>live device arrays "
-               f"<b>{format_bytes(mem['live_array_bytes'])}</b>, process RSS "
-               f"<b>{format_bytes(mem['process_rss_bytes'])}</b> of "
-               f"{format_bytes(mem['host_memory_bytes'])} host memory</div>")
-    return html_table(rows) + summary
+from widgets.presenters import devices_html
 
 
 class ModelView(w.VBox):

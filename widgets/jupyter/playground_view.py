@@ -10,22 +10,10 @@ import uuid
 
 import ipywidgets as w
 
-from widgets.formatting import fmt
+from widgets.presenters import answer_stats_html, conversation_html
 from widgets.jupyter.common import WIDE, EngineSelect, Status, read_sampling, sampling_widgets
 from widgets.tasks import Tasks
 from widgets.throttle import Throttle
-
-
-def conversation_html(messages: list[dict], pending: str | None = None) -> str:
-    parts = []
-    for m in messages + ([{"role": "assistant", "content": pending}] if pending is not None
-                         else []):
-        mine = m["role"] == "user"
-        color = "#ddf4ff" if mine else ("#fff8c5" if m["role"] == "system" else "#f6f8fa")
-        parts.append(f"<div style='background:{color};border-radius:8px;padding:6px 10px;"
-                     f"margin:4px 0;white-space:pre-wrap;font-size:13px'><b>{m['role']}</b><br>"
-                     f"{html.escape(m['content'])}</div>")
-    return "".join(parts)
 
 
 class PlaygroundView(w.VBox):
@@ -116,10 +104,8 @@ class PlaygroundView(w.VBox):
         if chat:
             self.messages.append({"role": "assistant", "content": self.text})
         rate = (n - 1) / (end - first) if first is not None and n > 1 and end > first else None
-        self.stats.value = (
-            f"<span style='font-size:12px'>TTFT <b>{fmt(1e3 * (first - t0)) if first else '–'}"
-            f" ms</b> · <b>{fmt(rate)}</b> tok/s · <b>{n}</b> tokens · finish reason "
-            f"<b>{c.finish_reason}</b> · engine {html.escape(engine)}</span>")
+        self.stats.value = answer_stats_html(engine, None if first is None else first - t0,
+                                             rate, n, c.finish_reason)
         self._throttle.flush()
         self.status.ok("done")
 

@@ -5,21 +5,13 @@ answered (refreshed every second while it runs)."""
 from __future__ import annotations
 
 import html
-import time
 
 import ipywidgets as w
 
 from widgets.formatting import code_block, curl_snippet, html_table, openai_snippet
+from widgets.presenters import LOG_COLUMNS, request_log_rows
 from widgets.jupyter.common import EngineSelect, Status
 from widgets.tasks import Tasks, Ticker
-
-LOG_COLUMNS = ("time", "method", "path", "status", "duration_ms", "client")
-
-
-def request_log_rows(log, last: int = 15) -> list[dict]:
-    rows = list(log)[-last:][::-1]
-    return [dict(r, time=time.strftime("%H:%M:%S", time.localtime(r["time"]))) for r in rows]
-
 
 class ServerView(w.VBox):
     def __init__(self, wb, live: bool = True):
