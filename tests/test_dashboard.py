@@ -81,6 +81,11 @@ class Page:
         """The text an HTML pane shows (its content lives in the pane's shadow root)."""
         return self.page.locator(f"{selector} div").first.inner_text()
 
+    def grid_text(self):
+        """Every pane of the Compare grid (prompts and engines' text), joined."""
+        return " ".join(self.page.locator(".wb-compare-grid .bk-panel-models-markup-HTML div")
+                        .all_inner_texts())
+
     def wait_text(self, selector, pattern, timeout=TIMEOUT_MS):
         rx = re.compile(pattern)
         deadline = time.monotonic() + timeout / 1e3
@@ -198,10 +203,9 @@ def test_two_browser_tabs_compare_at_once(page, browser, dashboard):
         other.click("Run comparison")
         for p in (page, other):
             p.wait_text(".wb-status-compare", "done: 1/1")
-        assert "fruit" in page.text(".wb-compare-grid")
-        assert "planet" not in page.text(".wb-compare-grid")
-        assert "planet" in other.text(".wb-compare-grid")
-        assert "fruit" not in other.text(".wb-compare-grid")
+        mine, theirs = page.grid_text(), other.grid_text()
+        assert "fruit" in mine and "planet" not in mine, mine
+        assert "planet" in theirs and "fruit" not in theirs, theirs
         assert len(SESSIONS) >= 2 and other.errors == []
     finally:
         other.page.close()

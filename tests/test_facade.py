@@ -212,3 +212,34 @@ def test_loading_a_new_model_replaces_engines(tiny_checkpoints):
     assert first.state is None  # loaded by the workbench: closed with it
     bench.close()
     assert second.state is not None  # adopted: the caller's
+
+
+def test_several_devices_offer_tensor_parallel_loading(tiny_checkpoints):
+    """With 4 (fake CPU) devices the Model tab offers tp 1, 2, 4 and the facade loads sharded."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = f"""
+import workbench as wb
+from widgets.jupyter.model_view import ModelView
+from workbench.sampling_params import SamplingParams
+bench = wb.Workbench()
+view = ModelView(bench)
+assert list(view.tp.options) == [1, 2, 4] and view.tp.layout.display == "", view.tp.options
+view.tp.value = 2
+view._load({tiny_checkpoints["llama"][0]!r}, "float32")
+assert bench.model_info()["mesh"] == {{"dp": 1, "tp": 2}}, bench.model_info()["mesh"]
+assert len(bench.devices()) == 4
+bench.add_engine("vs", "vsurge", max_concurrent_decodes=2, max_model_len=64)
+bench.add_engine("vi", "vinference", max_batch_size=2, max_model_len=64)
+assert bench.compare([[5, 6, 7]], SamplingParams(max_tokens=4, temperature=0)).all_identical
+bench.close()
+print("ok")
+"""
+    env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]

@@ -1,6 +1,7 @@
-"""`compare_grid_html`: the Compare view's side-by-side grid (prompts as rows, engines as
-columns, text so far with per-request stats, and an agreement badge once the run is over).
-Plain HTML, shared by the ipywidgets view and the Panel dashboard."""
+"""The Compare view's side-by-side grid (prompts as rows, engines as columns, text so far with
+per-request stats, and an agreement badge once the run is over), as plain HTML: `cell_html(run)`
+for one cell (the dashboard keeps one pane per cell, so a token redraws one cell, not the grid)
+and `compare_grid_html(...)` for the whole table (the ipywidgets view)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Mapping, Sequence
 from widgets.formatting import CELL, TABLE_CSS, fmt
 
 
-def _cell(run) -> str:
+def cell_html(run) -> str:
+    """One engine's text for one prompt so far, with its stats line."""
     if run is None:
         return "<span style='color:#999'>waiting…</span>"
     ms = None if run.ttft_s is None else 1e3 * run.ttft_s
@@ -32,7 +34,7 @@ def compare_grid_html(prompts: Sequence[str], engines: Sequence[str],
         head += f"<th style='{CELL};background:#f4f4f4'>tokens</th>"
     rows = []
     for i, p in enumerate(prompts):
-        cells = "".join(f"<td style='{CELL}'>{_cell(live.get(e, {}).get(i))}</td>"
+        cells = "".join(f"<td style='{CELL}'>{cell_html(live.get(e, {}).get(i))}</td>"
                         for e in engines)
         if badges is not None:
             cells += f"<td style='{CELL}'>{badges[i]}</td>"

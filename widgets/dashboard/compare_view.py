@@ -4,6 +4,7 @@ once: each session has its own view and run; the engines are shared."""
 
 from __future__ import annotations
 
+import html
 import threading
 
 import panel as pn
@@ -11,7 +12,7 @@ import panel as pn
 from widgets.dashboard.common import StatusLine, read_sampling, sampling_widgets, sync_engines
 from widgets.forms import PRESET_PROMPTS, parse_prompts
 from widgets.formatting import agreement_badge, html_table
-from widgets.grid import compare_grid_html
+from widgets.grid import cell_html
 from widgets.presenters import COMPARE_COLUMNS
 from widgets.tasks import Tasks
 from widgets.throttle import Throttle
@@ -36,7 +37,10 @@ class ComparePanel(pn.viewable.Viewer):
         self.run_button = pn.widgets.Button(name="Run comparison", button_type="primary", width=140)
         self.stop_button = pn.widgets.Button(name="Stop", disabled=True, width=90)
         self.summary = pn.pane.HTML("", css_classes=["wb-compare-summary"])
-        self.grid = pn.pane.HTML("", css_classes=["wb-compare-grid"], sizing_mode="stretch_width")
+        # one pane per (engine, prompt) cell: a new token redraws its cell only
+        self.grid = pn.Column(css_classes=["wb-compare-grid"], sizing_mode="stretch_width")
+        self._cells: dict[tuple[str, int], pn.pane.HTML] = {}
+        self._badges: list[pn.pane.HTML] = []
         self.comparison = None
         self.live: dict[str, dict] = {}
         self._prompts: list[str] = []
@@ -68,9 +72,26 @@ class ComparePanel(pn.viewable.Viewer):
         self._cancel = threading.Event()
         self.tasks.run(self._run, prompts, params, engines)
 
+    def _build_grid(self, prompts, engines) -> None:
+        line = {"border-bottom": "1px solid #ddd"}
+        head = pn.Row(pn.pane.HTML("<b>prompt</b>", width=180),
+                      *[pn.pane.HTML(f"<b>{html.escape(e)}</b>", sizing_mode="stretch_width")
+                        for e in engines], pn.pane.HTML("<b>tokens</b>", width=190),
+                      sizing_mode="stretch_width", styles=line)
+        self._cells = {(e, i): pn.pane.HTML(cell_html(None), sizing_mode="stretch_width")
+                       for i in range(len(prompts)) for e in engines}
+        self._badges = [pn.pane.HTML("", width=190) for _ in prompts]
+        rows = [pn.Row(pn.pane.HTML(f"<span style='color:#57606a'>{html.escape(p)}</span>",
+                                    width=180),
+                       *[self._cells[(e, i)] for e in engines], self._badges[i],
+                       sizing_mode="stretch_width", styles=line)
+                for i, p in enumerate(prompts)]
+        self.grid.objects = [head, *rows]
+
     def _run(self, prompts, params, engines) -> None:
         self._prompts, self._engines = prompts, engines
         self.live, self.comparison = {e: {} for e in engines}, None
+        self._build_grid(prompts, engines)
         self.summary.object = ""
         self.run_button.disabled, self.stop_button.disabled = True, False
         self.status.ok(f"running {len(prompts)} prompts on {', '.join(engines)}...")
@@ -93,9 +114,13 @@ class ComparePanel(pn.viewable.Viewer):
         self._throttle()
 
     def _draw(self) -> None:
-        badges = ([agreement_badge(self.comparison, i) for i in range(len(self._prompts))]
-                  if self.comparison is not None else None)
-        self.grid.object = compare_grid_html(self._prompts, self._engines, self.live, badges)
+        for (engine, i), pane in list(self._cells.items()):
+            text = cell_html(self.live.get(engine, {}).get(i))
+            if text != pane.object:  # only cells that changed are sent to the browser
+                pane.object = text
+        if self.comparison is not None:
+            for i, pane in enumerate(self._badges):
+                pane.object = agreement_badge(self.comparison, i)
 
     def __panel__(self):
         return pn.Column(

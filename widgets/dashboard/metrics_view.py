@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 
 import panel as pn
+from bokeh.core.validation import silence
+from bokeh.core.validation.warnings import MISSING_RENDERERS
 from bokeh.models import ColumnDataSource
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
@@ -29,6 +31,9 @@ CHARTS = (  # (title, y label, [(field, dashed)])
     ("inter-token latency", "ms", [("itl_ms", False)]),
     ("KV cache usage", "%", [("kv_pct", False)]),
 )
+
+
+silence(MISSING_RENDERERS, True)  # a chart has no lines until its first engine
 
 
 def _nan(x):
