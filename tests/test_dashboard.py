@@ -148,6 +148,7 @@ def add_engine(page, kind, name):
     deadline = time.monotonic() + 30
     while not box.input_value().startswith(kind) and time.monotonic() < deadline:
         page.page.wait_for_timeout(100)
+    page.page.wait_for_timeout(300)
     box.fill(name)
     for knob, value in KNOBS.items():
         page.page.locator(f".wb-knob-{knob} input").fill(value)
@@ -160,7 +161,7 @@ def test_add_two_engines_and_a_bad_knob(page, dashboard, tmp_path):
     page.tab("Engines")
     add_engine(page, "vinference", "vi")
     add_engine(page, "vsurge", "vs")
-    assert list(wb.engines) == ["vi", "vs"]
+    assert list(wb.engines) == ["vi", "vs"], page.text(".wb-status-engines")
     page.wait_text(".wb-engines-table", "vsurge")
     page.page.locator(".wb-knob-max_concurrent_decodes input").fill("many")
     page.click("Add engine")

@@ -223,7 +223,7 @@ class Workbench:
             engine = self.engine(name)
             kind, knobs = self._kinds[name], dict(self._knobs[name])
         m = engine.metrics()
-        if getattr(engine, "_closed", False):
+        if engine.closed:
             state = "closed"
         elif getattr(engine, "running", False):
             state = "running"

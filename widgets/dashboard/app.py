@@ -4,8 +4,8 @@ Server, Bench over a `Workbench` that every session of the process shares.
 
 Per session: its own views (so two browser tabs never mix their runs) and one periodic callback
 on the session's event loop (`tick`, every 500 ms) that refreshes the views when the workbench
-changed (`Workbench.version`), streams new metrics points into the Bokeh charts, redraws the
-server's request log and (every 2 s) the engines table. Errors raised by an action are shown in the tab's status line; the page
+changed (`Workbench.version`) and feeds the visible tab: new metrics points into the Bokeh
+charts, the server's request log, (every 2 s) the engines table. Errors raised by an action are shown in the tab's status line; the page
 never dies.
 """
 
@@ -41,6 +41,8 @@ class Dashboard:
         self.bench = BenchPanel(wb)
         self.views = (self.model, self.engines, self.playground, self.compare, self.metrics,
                       self.server, self.bench)
+        # Not dynamic: every component is in the first page, so its resources are inlined (a tab
+        # rendered later would fetch its JavaScript from a CDN). tick() feeds the visible tab only.
         self.tabs = pn.Tabs(*zip(TABS, self.views), dynamic=False)
         self.template = pn.template.BootstrapTemplate(
             title=title, main=[self.tabs], header_background="#24292f")
@@ -54,11 +56,15 @@ class Dashboard:
             self._version = self.wb.version
             for view in self.views:
                 view.refresh()
-        self.metrics.tick()
-        self.server.tick()
-        self._ticks += 1
-        if self._ticks % 4 == 0:  # every 2 s: request counts in the engines table
-            self.engines.tick()
+        visible = TABS[self.tabs.active]
+        if visible == "Metrics":  # charts hidden in another tab would still redraw in the page
+            self.metrics.tick()  # catches up on every sample taken while it was hidden
+        elif visible == "Server":
+            self.server.tick()
+        elif visible == "Engines":
+            self._ticks += 1
+            if self._ticks % 4 == 0:  # every 2 s: request counts in the engines table
+                self.engines.tick()
 
     def page(self):
         """The page for the current session, with its periodic callback registered."""

@@ -17,6 +17,10 @@ from widgets.presenters import COMPARE_COLUMNS
 from widgets.tasks import Tasks
 from widgets.throttle import Throttle
 
+# Redraws of the streaming text per second. Each one costs the server a document patch and the
+# browser a re-layout; 10 a second reads as smooth streaming (benchmarks/README.md measures it).
+REDRAWS_PER_S = 10.0
+
 
 class ComparePanel(pn.viewable.Viewer):
     def __init__(self, wb, **params):
@@ -46,7 +50,7 @@ class ComparePanel(pn.viewable.Viewer):
         self._prompts: list[str] = []
         self._engines: list[str] = []
         self._cancel = threading.Event()
-        self._throttle = Throttle(self._draw, max_rate=20)
+        self._throttle = Throttle(self._draw, max_rate=REDRAWS_PER_S)
         self.presets.on_click(lambda _: setattr(self.prompts, "value",
                                                 "\n".join(PRESET_PROMPTS)))
         self.run_button.on_click(lambda _: self.run())

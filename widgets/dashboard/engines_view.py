@@ -40,14 +40,14 @@ class EnginesPanel(pn.viewable.Viewer):
 
     def _show_knobs(self) -> None:
         kind = self.kind.value
-        name, k = kind, 2
-        while name in self.wb.engines:
-            name, k = f"{kind}-{k}", k + 1
-        self.engine_name.value = name
         self.knob_inputs = {knob: pn.widgets.TextInput(name=knob, placeholder=repr(default),
                                                        width=180, css_classes=[f"wb-knob-{knob}"])
                             for knob, default in knob_fields(kind)}
         self.knobs.objects = list(self.knob_inputs.values())
+        name, k = kind, 2  # proposed last: when the page shows it, the knob form is the kind's
+        while name in self.wb.engines:
+            name, k = f"{kind}-{k}", k + 1
+        self.engine_name.value = name
 
     def add(self) -> None:
         kind, name = self.kind.value, self.engine_name.value.strip()

@@ -63,6 +63,7 @@ class MetricsPanel(pn.viewable.Viewer):
         self.load_button.on_click(lambda _: self.tasks.run(self.send_load,
                                                            self.load_requests.value))
         self.ticks = 0
+        self.refresh()
 
     def _add_engine(self, name: str) -> ColumnDataSource:
         source = ColumnDataSource({f: [] for f in FIELDS}, name=f"metrics-{name}")
@@ -110,7 +111,14 @@ class MetricsPanel(pn.viewable.Viewer):
         self.status.ok("load done")
 
     def refresh(self) -> None:
-        pass  # engines are picked up by tick()
+        """An engine was added or removed: give it lines (data comes with the next tick)."""
+        engines = list(self.wb.engines)
+        for name in engines:
+            if name not in self.sources:
+                self._add_engine(name)
+        for name, lines in self.renderers.items():
+            for r in lines:
+                r.visible = name in engines
 
     def __panel__(self):
         return pn.Column(pn.Row(self.load_requests, self.load_button, self.status.pane),

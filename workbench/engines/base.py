@@ -134,6 +134,10 @@ class Engine(abc.ABC):
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         return list(ids), text
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def _check_open(self) -> None:
         if self._closed:
             raise EngineError(f"{self.engine_name} engine is closed")
