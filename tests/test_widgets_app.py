@@ -45,14 +45,18 @@ def add_engine(app, kind, name):
 def test_load_through_the_model_tab(app):
     assert app.titles == ("Model", "Engines", "Playground", "Compare", "Metrics", "Server",
                           "Bench")
-    loader = app.model.loader
-    loader.source.value = "embedded"
-    loader.dtype.value = "float32"
-    loader.button.click()
-    assert wait_until(lambda: app.workbench.model is not None and not loader.button.disabled,
-                      timeout=300)
-    assert "SmolLM2" in loader.status.value and "num_hidden_layers" in loader.details.value
-    assert "cpu" in app.model.devices.value and "process RSS" in app.model.devices.value
+    view = app.model
+    view.source.value = "embedded"
+    view.dtype.value = "float32"
+    view.button.click()
+    assert view.tasks.wait(300) and app.workbench.model is not None
+    assert not view.button.disabled
+    assert "Loaded SmolLM2" in view.status.value and "num_hidden_layers" in view.details.value
+    assert "cpu" in view.devices.value and "process RSS" in view.devices.value
+    view.source.value = "/no/such/model"  # an error is shown, the model stays
+    view.button.click()
+    assert view.tasks.wait(60) and "not found" in view.status.value
+    assert app.workbench.model is not None
 
 
 def test_add_two_engines_through_the_form(app):

@@ -1,7 +1,8 @@
 """`Tasks`: how a view runs long work (loading, generating, benchmarking) off the kernel's thread.
 
     tasks = Tasks(on_error=lambda message: status.value = message)
-    tasks.run(work)        # a daemon thread; an exception becomes on_error("ValueError: ...")
+    tasks.run(work)        # a daemon thread; an exception becomes on_error("...");
+                           # on_done() (if given) runs after each task, when busy is False
     tasks.wait(timeout)    # tests and notebooks: block until the work is done
 
 A click handler only starts a task and returns, so the notebook (or the Panel server's event
@@ -19,10 +20,13 @@ logger = logging.getLogger("widgets")
 
 
 class Tasks:
-    def __init__(self, on_error: Callable[[str], None], name: str = "view"):
+    def __init__(self, on_error: Callable[[str], None], name: str = "view",
+                 on_done: Callable[[], None] | None = None):
         self.on_error = on_error
+        self.on_done = on_done  # called after every task, failed or not, once it is not busy
         self.name = name
         self._threads: list[threading.Thread] = []
+        self._running: set[threading.Thread] = set()
         self._lock = threading.Lock()
 
     def run(self, fn: Callable[..., Any], *args: Any) -> threading.Thread:
@@ -33,17 +37,24 @@ class Tasks:
                 logger.debug("%s task failed", self.name, exc_info=True)
                 self.on_error(f"{type(e).__name__}: {e}" if not isinstance(e, ValueError)
                               else str(e))
+            finally:
+                with self._lock:
+                    self._running.discard(threading.current_thread())
+            if self.on_done is not None:
+                self.on_done()
 
         t = threading.Thread(target=target, daemon=True, name=f"{self.name}-task")
         with self._lock:
             self._threads = [x for x in self._threads if x.is_alive()] + [t]
+            self._running.add(t)
         t.start()
         return t
 
     @property
     def busy(self) -> bool:
+        """A task is running (False already inside `on_done`)."""
         with self._lock:
-            return any(t.is_alive() for t in self._threads)
+            return bool(self._running)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every task started so far has ended; False on timeout."""

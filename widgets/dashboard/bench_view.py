@@ -1,14 +1,12 @@
 """Bench tab (Panel): the load generator against chosen engines, directly or over HTTP; a table of
-vLLM-style metrics and bar charts of output tok/s and TTFT."""
+vLLM-style metrics and bar charts of output tok/s and TTFT. Logic: `widgets.state.bench`."""
 
 from __future__ import annotations
 
 import panel as pn
 
 from widgets.dashboard.common import StatusLine, sync_engines
-from widgets.formatting import html_table
-from widgets.presenters import BENCH_COLUMNS, bench_charts, parse_rate
-from widgets.tasks import Tasks
+from widgets.state.bench import BenchState
 
 
 class BenchPanel(pn.viewable.Viewer):
@@ -16,7 +14,7 @@ class BenchPanel(pn.viewable.Viewer):
         super().__init__(**params)
         self.wb = wb
         self.status = StatusLine("bench")
-        self.tasks = Tasks(self.status.error, "dashboard-bench")
+        self.state = BenchState(wb, self.status.show, self.redraw)
         self.engines = pn.widgets.MultiChoice(name="engines", options=[], width=300)
         self.via = pn.widgets.Select(name="via", options=["direct", "http"], value="direct",
                                      width=100)
@@ -32,49 +30,21 @@ class BenchPanel(pn.viewable.Viewer):
         self.progress = pn.indicators.Progress(value=0, max=1, width=300)
         self.table = pn.pane.HTML("", sizing_mode="stretch_width")
         self.charts = pn.Row(pn.pane.HTML(""), pn.pane.HTML(""))
-        self.results = []
-        self.run_button.on_click(lambda _: self.run())
+        self.run_button.on_click(lambda _: self.state.run(
+            self.engines.value, via=self.via.value, num_requests=self.num_requests.value,
+            rate=self.rate.value, max_concurrency=self.concurrency.value,
+            max_tokens=self.max_tokens.value))
         self.refresh()
+
+    def redraw(self) -> None:
+        self.run_button.disabled = self.state.busy
+        self.progress.max, self.progress.value = max(1, self.state.total), self.state.done
+        self.table.object = self.state.table_html()
+        for pane, svg in zip(self.charts.objects, self.state.charts()):
+            pane.object = svg
 
     def refresh(self) -> None:
         sync_engines(self.wb, self.engines, select_all=True)
-
-    def run(self) -> None:
-        if self.tasks.busy:
-            self.status.error("a benchmark is running")
-            return
-        try:
-            rate = parse_rate(self.rate.value)
-            engines = list(self.engines.value)
-            if not engines:
-                raise ValueError("select at least one engine")
-        except ValueError as e:
-            self.status.error(str(e))
-            return
-        self.tasks.run(self._run, engines, rate)
-
-    def _run(self, engines, rate) -> None:
-        n = self.num_requests.value
-        self.progress.max, self.progress.value = n * len(engines), 0
-        self.run_button.disabled = True
-        self.status.ok(f"running {n} requests on {', '.join(engines)} ({self.via.value})...")
-        done: dict[str, int] = {}
-
-        def on_result(engine, d, total):
-            done[engine] = d
-            self.progress.value = sum(done.values())
-
-        try:
-            self.results = self.wb.bench(engines, via=self.via.value, num_requests=n,
-                                         request_rate=rate,
-                                         max_concurrency=self.concurrency.value,
-                                         max_tokens=self.max_tokens.value, on_result=on_result)
-        finally:
-            self.run_button.disabled = False
-        self.table.object = html_table([r.row() for r in self.results], BENCH_COLUMNS)
-        for pane, svg in zip(self.charts.objects, bench_charts(self.results)):
-            pane.object = svg
-        self.status.ok("done")
 
     def __panel__(self):
         return pn.Column(pn.Row(self.engines, self.via, self.num_requests, self.rate,

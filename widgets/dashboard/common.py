@@ -1,32 +1,28 @@
-"""Pieces the Panel views share: an error/status line, sampling widgets from `forms.SAMPLING_FIELDS`,
-and engine selectors kept in step with the workbench's engines.
+"""Pieces the Panel views share: a status pane (the callback tab states report to), sampling
+widgets from `forms.SAMPLING_FIELDS`, and engine selectors kept in step with the workbench.
 
-Threads: views run long work with `widgets.tasks.Tasks`; setting a Panel widget's `.value` or a
-pane's `.object` from that thread is safe (Panel schedules the document change on the session's
-loop). Bokeh data sources are only changed from periodic callbacks (the session's own loop).
+Threads: tab states run their work in background tasks and call their view's redraw from there;
+setting a Panel widget's `.value` or a pane's `.object` from that thread is safe (Panel schedules
+the change on the session's event loop). Bokeh data sources are only changed from periodic
+callbacks (the session's own loop).
 """
 
 from __future__ import annotations
 
 import panel as pn
 
-from widgets.forms import SAMPLING_FIELDS, sampling_params
+from widgets.forms import SAMPLING_FIELDS
 from widgets.formatting import status_html
 
 
 class StatusLine:
-    """A status pane: `ok(text)` grey, `error(text)` red (errors are shown, never raised)."""
+    """A status pane; `show(text, error)` is the callback tab states report to."""
 
     def __init__(self, name: str):
         self.pane = pn.pane.HTML("", css_classes=[f"wb-status-{name}"], min_height=20)
-        self.last_error: str | None = None
 
-    def ok(self, text: str) -> None:
-        self.pane.object = status_html(text)
-
-    def error(self, text: str) -> None:
-        self.last_error = text
-        self.pane.object = status_html(text, error=True)
+    def show(self, text: str, error: bool = False) -> None:
+        self.pane.object = status_html(text, error=error)
 
 
 def sampling_widgets(only: tuple[str, ...] | None = None, **defaults) -> dict:
@@ -53,8 +49,8 @@ def sampling_widgets(only: tuple[str, ...] | None = None, **defaults) -> dict:
     return out
 
 
-def read_sampling(fields: dict):
-    return sampling_params({name: widget.value for name, widget in fields.items()})
+def values(fields: dict) -> dict:
+    return {name: widget.value for name, widget in fields.items()}
 
 
 def sync_engines(wb, widget, select_all: bool = False) -> None:

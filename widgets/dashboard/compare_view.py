@@ -1,24 +1,22 @@
 """Compare tab (Panel): the same prompts on several engines, text streaming side by side, then a
 summary (TTFT, tok/s, ITL) and a same-tokens badge per prompt. Several browser tabs can compare at
-once: each session has its own view and run; the engines are shared."""
+once: each session has its own view and state; the engines are shared.
+Logic: `widgets.state.compare`.
+
+The grid is one pane per (engine, prompt) cell, so a redraw sends only the cells whose text
+changed, at most `REDRAWS_PER_S` times a second: each redraw costs the server a document patch and
+the browser a re-layout (benchmarks/README.md measures what watching costs the engine)."""
 
 from __future__ import annotations
 
 import html
-import threading
 
 import panel as pn
 
-from widgets.dashboard.common import StatusLine, read_sampling, sampling_widgets, sync_engines
-from widgets.forms import PRESET_PROMPTS, parse_prompts
-from widgets.formatting import agreement_badge, html_table
-from widgets.grid import cell_html
-from widgets.presenters import COMPARE_COLUMNS
-from widgets.tasks import Tasks
-from widgets.throttle import Throttle
+from widgets.dashboard.common import StatusLine, sampling_widgets, sync_engines, values
+from widgets.forms import PRESET_PROMPTS
+from widgets.state.compare import CompareState
 
-# Redraws of the streaming text per second. Each one costs the server a document patch and the
-# browser a re-layout; 10 a second reads as smooth streaming (benchmarks/README.md measures it).
 REDRAWS_PER_S = 10.0
 
 
@@ -27,7 +25,7 @@ class ComparePanel(pn.viewable.Viewer):
         super().__init__(**params)
         self.wb = wb
         self.status = StatusLine("compare")
-        self.tasks = Tasks(self.status.error, "dashboard-compare")
+        self.state = CompareState(wb, self.status.show, self.redraw, max_rate=REDRAWS_PER_S)
         self.prompts = pn.widgets.TextAreaInput(name="prompts (one per line)", height=100,
                                                 value="\n".join(PRESET_PROMPTS[:2]),
                                                 sizing_mode="stretch_width",
@@ -38,43 +36,28 @@ class ComparePanel(pn.viewable.Viewer):
         self.concurrent = pn.widgets.Checkbox(name="engines at the same time", value=False)
         self.sampling = sampling_widgets(("max_tokens", "temperature", "seed", "ignore_eos"),
                                          max_tokens=32)
-        self.run_button = pn.widgets.Button(name="Run comparison", button_type="primary", width=140)
+        self.run_button = pn.widgets.Button(name="Run comparison", button_type="primary",
+                                            width=140)
         self.stop_button = pn.widgets.Button(name="Stop", disabled=True, width=90)
         self.summary = pn.pane.HTML("", css_classes=["wb-compare-summary"])
-        # one pane per (engine, prompt) cell: a new token redraws its cell only
         self.grid = pn.Column(css_classes=["wb-compare-grid"], sizing_mode="stretch_width")
         self._cells: dict[tuple[str, int], pn.pane.HTML] = {}
         self._badges: list[pn.pane.HTML] = []
-        self.comparison = None
-        self.live: dict[str, dict] = {}
-        self._prompts: list[str] = []
-        self._engines: list[str] = []
-        self._cancel = threading.Event()
-        self._throttle = Throttle(self._draw, max_rate=REDRAWS_PER_S)
+        self._grid_for: tuple = ()
         self.presets.on_click(lambda _: setattr(self.prompts, "value",
                                                 "\n".join(PRESET_PROMPTS)))
         self.run_button.on_click(lambda _: self.run())
-        self.stop_button.on_click(lambda _: self._cancel.set())
+        self.stop_button.on_click(lambda _: self.state.stop())
         self.refresh()
 
-    def refresh(self) -> None:
-        sync_engines(self.wb, self.engines, select_all=True)
+    @property
+    def comparison(self):
+        return self.state.comparison
 
     def run(self) -> None:
-        if self.tasks.busy:
-            self.status.error("a comparison is running: stop it first")
-            return
-        try:
-            prompts = parse_prompts(self.prompts.value)
-            params = read_sampling(self.sampling)
-            engines = list(self.engines.value)
-            if not engines:
-                raise ValueError("select at least one engine (add engines in the Engines tab)")
-        except ValueError as e:
-            self.status.error(str(e))
-            return
-        self._cancel = threading.Event()
-        self.tasks.run(self._run, prompts, params, engines)
+        self.state.run(self.prompts.value, values(self.sampling), self.engines.value,
+                       chat=self.chat.value, concurrent=self.concurrent.value)
+        self.redraw()
 
     def _build_grid(self, prompts, engines) -> None:
         line = {"border-bottom": "1px solid #ddd"}
@@ -82,7 +65,7 @@ class ComparePanel(pn.viewable.Viewer):
                       *[pn.pane.HTML(f"<b>{html.escape(e)}</b>", sizing_mode="stretch_width")
                         for e in engines], pn.pane.HTML("<b>tokens</b>", width=190),
                       sizing_mode="stretch_width", styles=line)
-        self._cells = {(e, i): pn.pane.HTML(cell_html(None), sizing_mode="stretch_width")
+        self._cells = {(e, i): pn.pane.HTML("", sizing_mode="stretch_width")
                        for i in range(len(prompts)) for e in engines}
         self._badges = [pn.pane.HTML("", width=190) for _ in prompts]
         rows = [pn.Row(pn.pane.HTML(f"<span style='color:#57606a'>{html.escape(p)}</span>",
@@ -91,40 +74,28 @@ class ComparePanel(pn.viewable.Viewer):
                        sizing_mode="stretch_width", styles=line)
                 for i, p in enumerate(prompts)]
         self.grid.objects = [head, *rows]
+        self._grid_for = (tuple(prompts), tuple(engines))
 
-    def _run(self, prompts, params, engines) -> None:
-        self._prompts, self._engines = prompts, engines
-        self.live, self.comparison = {e: {} for e in engines}, None
-        self._build_grid(prompts, engines)
-        self.summary.object = ""
-        self.run_button.disabled, self.stop_button.disabled = True, False
-        self.status.ok(f"running {len(prompts)} prompts on {', '.join(engines)}...")
-        self._throttle.flush()
-        try:
-            cmp = self.wb.compare(prompts, params, engines, concurrent=self.concurrent.value,
-                                  chat=self.chat.value, on_delta=self._on_delta,
-                                  cancel=self._cancel)
-        finally:
-            self.run_button.disabled, self.stop_button.disabled = False, True
-        self.comparison = cmp
-        self.summary.object = html_table(cmp.summary(), COMPARE_COLUMNS)
-        self._throttle.flush()
-        same = sum(cmp.agreement(i)["identical"] for i in range(len(prompts)))
-        self.status.ok(f"done: {same}/{len(prompts)} prompts gave identical tokens on every "
-                       "engine")
-
-    def _on_delta(self, engine, index, run) -> None:
-        self.live[engine][index] = run
-        self._throttle()
-
-    def _draw(self) -> None:
+    def redraw(self) -> None:
+        s = self.state
+        busy = s.busy
+        self.run_button.disabled, self.stop_button.disabled = busy, not busy
+        if (tuple(s.prompts), tuple(s.engines)) != self._grid_for:
+            self._build_grid(s.prompts, s.engines)
         for (engine, i), pane in list(self._cells.items()):
-            text = cell_html(self.live.get(engine, {}).get(i))
+            text = s.cell_html(engine, i)
             if text != pane.object:  # only cells that changed are sent to the browser
                 pane.object = text
-        if self.comparison is not None:
-            for i, pane in enumerate(self._badges):
-                pane.object = agreement_badge(self.comparison, i)
+        for i, pane in enumerate(self._badges):
+            badge = s.badge_html(i)
+            if badge != pane.object:
+                pane.object = badge
+        summary = s.summary_html()
+        if summary != self.summary.object:
+            self.summary.object = summary
+
+    def refresh(self) -> None:
+        sync_engines(self.wb, self.engines, select_all=True)
 
     def __panel__(self):
         return pn.Column(

@@ -1,15 +1,12 @@
 """Engines tab (Panel): add an engine (kind, name, knobs from its constructor), see each engine's
-state and memory, remove one."""
+state and memory, remove one. Logic: `widgets.state.engines`."""
 
 from __future__ import annotations
 
 import panel as pn
 
 from widgets.dashboard.common import StatusLine, sync_engines
-from widgets.forms import knob_fields, parse_knobs
-from widgets.formatting import html_table
-from widgets.presenters import ENGINE_COLUMNS, engines_rows
-from widgets.tasks import Tasks
+from widgets.state.engines import EnginesState
 
 
 class EnginesPanel(pn.viewable.Viewer):
@@ -17,8 +14,8 @@ class EnginesPanel(pn.viewable.Viewer):
         super().__init__(**params)
         self.wb = wb
         self.status = StatusLine("engines")
-        self.tasks = Tasks(self.status.error, "dashboard-engines")
-        kinds = list(wb.engine_kinds())
+        self.state = EnginesState(wb, self.status.show, self.redraw)
+        kinds = list(self.state.kinds())
         self.kind = pn.widgets.Select(name="kind", options=kinds, value=kinds[0], width=150,
                                       css_classes=["wb-kind"])
         self.engine_name = pn.widgets.TextInput(name="name", value=kinds[0], width=150,
@@ -33,51 +30,35 @@ class EnginesPanel(pn.viewable.Viewer):
         self.remove_button = pn.widgets.Button(name="Remove", button_type="danger", align="end",
                                                width=100)
         self.kind.param.watch(lambda _: self._show_knobs(), "value")
-        self.add_button.on_click(lambda _: self.tasks.run(self.add))
-        self.remove_button.on_click(lambda _: self.tasks.run(self.remove))
+        self.add_button.on_click(lambda _: self.state.add(
+            self.kind.value, self.engine_name.value,
+            {k: box.value for k, box in self.knob_inputs.items()}))
+        self.remove_button.on_click(lambda _: self.state.remove(self.remove_name.value))
         self._show_knobs()
-        self.refresh()
+        self.redraw()
 
     def _show_knobs(self) -> None:
         kind = self.kind.value
         self.knob_inputs = {knob: pn.widgets.TextInput(name=knob, placeholder=repr(default),
                                                        width=180, css_classes=[f"wb-knob-{knob}"])
-                            for knob, default in knob_fields(kind)}
+                            for knob, default in self.state.knob_fields(kind)}
         self.knobs.objects = list(self.knob_inputs.values())
-        name, k = kind, 2  # proposed last: when the page shows it, the knob form is the kind's
-        while name in self.wb.engines:
-            name, k = f"{kind}-{k}", k + 1
-        self.engine_name.value = name
+        # proposed last: when the page shows the name, the knob form is the kind's
+        self.engine_name.value = self.state.proposed_name(kind)
 
-    def add(self) -> None:
-        kind, name = self.kind.value, self.engine_name.value.strip()
-        knobs = parse_knobs(kind, {k: box.value for k, box in self.knob_inputs.items()})
-        self.add_button.disabled = True
-        self.status.ok(f"building {kind} engine {name!r}...")
-        try:
-            self.wb.add_engine(name, kind, **knobs)
-        finally:
-            self.add_button.disabled = False
-        self.status.ok(f"added {name!r} ({kind})")
-        self.refresh()
-
-    def remove(self) -> None:
-        name = self.remove_name.value
-        if not name:
-            raise ValueError("no engine to remove")
-        self.wb.remove_engine(name)
-        self.status.ok(f"removed {name!r}; its device memory is freed")
-        self.refresh()
-
-    def refresh(self) -> None:
+    def redraw(self) -> None:
+        self.add_button.disabled = self.remove_button.disabled = self.state.busy
         self.tick()
         sync_engines(self.wb, self.remove_name)
 
     def tick(self) -> None:
         """Redraw the table (request counts move while engines run); only sends a change."""
-        table = html_table(engines_rows(self.wb), ENGINE_COLUMNS)
+        table = self.state.table_html()
         if table != self.table.object:
             self.table.object = table
+
+    def refresh(self) -> None:
+        self.redraw()
 
     def __panel__(self):
         return pn.Column(

@@ -19,7 +19,7 @@ from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
 from widgets.dashboard.common import StatusLine
-from widgets.tasks import Tasks
+from widgets.state.metrics import MetricsState
 
 ROLLOVER = 600  # points per engine kept in the browser (5 minutes at 2 Hz)
 FIELDS = ("t", "output_tok_s", "running", "waiting", "ttft_ms", "itl_ms", "kv_pct")
@@ -45,7 +45,7 @@ class MetricsPanel(pn.viewable.Viewer):
         super().__init__(**params)
         self.wb = wb
         self.status = StatusLine("metrics")
-        self.tasks = Tasks(self.status.error, "dashboard-metrics")
+        self.state = MetricsState(wb, self.status.show)
         self.figures = []
         for title, unit, _ in CHARTS:
             fig = figure(title=title, height=220, width=430, x_axis_label="s",
@@ -60,8 +60,7 @@ class MetricsPanel(pn.viewable.Viewer):
         self.load_requests = pn.widgets.IntInput(name="requests per engine", value=16, start=1,
                                                  end=1000, width=140,
                                                  css_classes=["wb-load-requests"])
-        self.load_button.on_click(lambda _: self.tasks.run(self.send_load,
-                                                           self.load_requests.value))
+        self.load_button.on_click(lambda _: self.state.send_load(self.load_requests.value))
         self.ticks = 0
         self.refresh()
 
@@ -102,13 +101,6 @@ class MetricsPanel(pn.viewable.Viewer):
                 for r in lines:
                     r.visible = False
         self.ticks += 1
-
-    def send_load(self, num_requests: int = 16) -> None:
-        """`num_requests` requests to every engine, 4 at a time, 32 tokens each."""
-        self.status.ok("sending a load...")
-        self.wb.bench(num_requests=num_requests, max_concurrency=4, max_tokens=32,
-                      warmup=False)
-        self.status.ok("load done")
 
     def refresh(self) -> None:
         """An engine was added or removed: give it lines (data comes with the next tick)."""

@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import ipywidgets as w
 
-from widgets.forms import SAMPLING_FIELDS, sampling_params
+from widgets.forms import SAMPLING_FIELDS
 from widgets.formatting import status_html
 
 WIDE = w.Layout(width="98%")
 
 
 class Status(w.HTML):
-    """A one-line status: `ok(text)` in grey, `error(text)` in red."""
+    """A one-line status; `show(text, error)` is the callback tab states report to."""
 
-    def ok(self, text: str) -> None:
-        self.value = status_html(text)
-
-    def error(self, text: str) -> None:
-        self.value = status_html(text, error=True)
+    def show(self, text: str, error: bool = False) -> None:
+        self.value = status_html(text, error=error)
 
 
 def sampling_widgets(only: tuple[str, ...] | None = None, **defaults) -> dict[str, w.Widget]:
@@ -47,8 +44,8 @@ def sampling_widgets(only: tuple[str, ...] | None = None, **defaults) -> dict[st
     return out
 
 
-def read_sampling(fields: dict[str, w.Widget]):
-    return sampling_params({name: widget.value for name, widget in fields.items()})
+def values(fields: dict[str, w.Widget]) -> dict:
+    return {name: widget.value for name, widget in fields.items()}
 
 
 class EngineSelect:

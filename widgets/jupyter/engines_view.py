@@ -1,22 +1,21 @@
-"""Engines tab: add an engine (kind, name, knobs from the engine's constructor), see every engine's
-state and memory, remove one (its device memory is freed)."""
+"""Engines tab (ipywidgets): add an engine (kind, name, knobs from the engine's constructor), see
+every engine's state and memory, remove one. Logic: `widgets.state.engines`."""
 
 from __future__ import annotations
 
 import ipywidgets as w
 
-from widgets.forms import knob_fields, parse_knobs
-from widgets.formatting import html_table
 from widgets.jupyter.common import Status
-from widgets.presenters import ENGINE_COLUMNS, engines_rows
-from widgets.tasks import Tasks
+from widgets.state.engines import EnginesState
+
 
 class EnginesView(w.VBox):
     def __init__(self, wb):
         self.wb = wb
         self.status = Status()
-        self.tasks = Tasks(self.status.error, "engines")
-        kinds = wb.engine_kinds()
+        self.state = EnginesState(wb, self.status.show, self.redraw)
+        self.tasks = self.state.tasks
+        kinds = self.state.kinds()
         self.kind = w.Dropdown(options=kinds, value=kinds[0], description="kind")
         self.name = w.Text(value=kinds[0], description="name")
         self.knobs = w.VBox()
@@ -27,11 +26,12 @@ class EnginesView(w.VBox):
         self.remove_button = w.Button(description="Remove", button_style="danger", icon="trash")
         self.refresh_button = w.Button(description="Refresh", icon="refresh")
         self.kind.observe(lambda _: self._show_knobs(), names="value")
-        self.add_button.on_click(lambda _: self.tasks.run(self.add))
-        self.remove_button.on_click(lambda _: self.tasks.run(self.remove))
-        self.refresh_button.on_click(lambda _: self.refresh())
+        self.add_button.on_click(lambda _: self.state.add(
+            self.kind.value, self.name.value, {k: b.value for k, b in self.knob_boxes.items()}))
+        self.remove_button.on_click(lambda _: self.state.remove(self.remove_name.value))
+        self.refresh_button.on_click(lambda _: self.redraw())
         self._show_knobs()
-        self.refresh()
+        self.redraw()
         super().__init__([
             w.HTML("<b>Add an engine</b> (empty knobs keep the engine's default)"),
             w.HBox([self.kind, self.name, self.add_button]), self.knobs, self.status,
@@ -40,41 +40,20 @@ class EnginesView(w.VBox):
 
     def _show_knobs(self) -> None:
         kind = self.kind.value
-        taken = set(self.wb.engines)
-        name, k = kind, 2
-        while name in taken:
-            name, k = f"{kind}-{k}", k + 1
-        self.name.value = name
         self.knob_boxes = {
             knob: w.Text(placeholder=repr(default), description=knob,
                          style={"description_width": "170px"}, layout=w.Layout(width="340px"))
-            for knob, default in knob_fields(kind)}
+            for knob, default in self.state.knob_fields(kind)}
         boxes = list(self.knob_boxes.values())
         self.knobs.children = [w.HBox(boxes[i:i + 3]) for i in range(0, len(boxes), 3)]
+        self.name.value = self.state.proposed_name(kind)
 
-    def add(self) -> None:
-        """Parse the form and add the engine (blocks; the button runs it in a thread)."""
-        kind, name = self.kind.value, self.name.value.strip()
-        knobs = parse_knobs(kind, {k: b.value for k, b in self.knob_boxes.items()})
-        self.add_button.disabled = True
-        self.status.ok(f"building {kind} engine {name!r}...")
-        try:
-            self.wb.add_engine(name, kind, **knobs)
-        finally:
-            self.add_button.disabled = False
-        self.status.ok(f"added {name!r} ({kind})")
-        self.refresh()
-
-    def remove(self) -> None:
-        name = self.remove_name.value
-        if not name:
-            raise ValueError("no engine to remove")
-        self.wb.remove_engine(name)
-        self.status.ok(f"removed {name!r}; its device memory is freed")
-        self.refresh()
-
-    def refresh(self) -> None:
-        self.table.value = html_table(engines_rows(self.wb), ENGINE_COLUMNS)
+    def redraw(self) -> None:
+        self.add_button.disabled = self.remove_button.disabled = self.state.busy
+        self.table.value = self.state.table_html()
         names = tuple(self.wb.engines)
         if tuple(self.remove_name.options) != names:
             self.remove_name.options = names
+
+    def refresh(self) -> None:
+        self.redraw()

@@ -1,6 +1,6 @@
-"""Metrics tab: live charts of every engine from the workbench's metrics history (output tok/s,
-running and waiting requests, TTFT and ITL, KV-cache usage), redrawn once a second, and a button
-that sends a load to the engines so there is something to watch.
+"""Metrics tab (ipywidgets): live charts of every engine from the workbench's metrics history
+(output tok/s, running and waiting requests, TTFT and ITL, KV-cache usage), redrawn once a
+second, and a button that sends a load to the engines so there is something to watch.
 
 Charts are SVG drawn in Python into HTML widgets (`widgets/svg_chart.py` says why: they render in
 Colab, where `push_notebook` does not, with nothing to install)."""
@@ -10,8 +10,9 @@ from __future__ import annotations
 import ipywidgets as w
 
 from widgets.jupyter.common import Status
+from widgets.state.metrics import MetricsState
 from widgets.svg_chart import line_chart
-from widgets.tasks import Tasks, Ticker
+from widgets.tasks import Ticker
 
 WINDOW_S = 120.0
 CHARTS = (  # (title, y label, [(field, label suffix, scale)])
@@ -49,16 +50,20 @@ class MetricsView(w.VBox):
     def __init__(self, wb, interval: float = 1.0, live: bool = True):
         self.wb = wb
         self.status = Status()
-        self.tasks = Tasks(self.status.error, "metrics")
+        self.state = MetricsState(wb, self.status.show)
+        self.tasks = self.state.tasks
         self.charts = [w.HTML() for _ in CHARTS]
+        self.load_requests = w.BoundedIntText(value=16, min=1, max=1000,
+                                              description="requests",
+                                              layout=w.Layout(width="180px"))
         self.load_button = w.Button(description="Send a load", icon="bolt",
-                                    tooltip="16 requests to every engine, 4 at a time")
-        self.load_button.on_click(lambda _: self.tasks.run(self.send_load))
+                                    tooltip="requests to every engine, 4 at a time")
+        self.load_button.on_click(lambda _: self.state.send_load(self.load_requests.value))
         self.redraws = 0
         self.draw()
         grid = w.GridBox(self.charts, layout=w.Layout(
             grid_template_columns="repeat(auto-fill, minmax(430px, 1fr))"))
-        super().__init__([w.HBox([self.load_button, self.status]), grid])
+        super().__init__([w.HBox([self.load_requests, self.load_button, self.status]), grid])
         self._ticker = Ticker(self.draw, interval, "metrics-view") if live else None
 
     def draw(self) -> None:
@@ -68,10 +73,9 @@ class MetricsView(w.VBox):
         self.redraws += 1
 
     def send_load(self, num_requests: int = 16) -> None:
-        self.status.ok("sending a load...")
-        self.wb.bench(num_requests=num_requests, max_concurrency=4, max_tokens=32,
-                      warmup=False)
-        self.status.ok("load done")
+        """Blocking version of the button (for notebooks)."""
+        self.state.send_load(num_requests)
+        self.state.wait()
 
     def refresh(self) -> None:
         self.draw()

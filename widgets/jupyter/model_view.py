@@ -1,38 +1,46 @@
-"""Model tab: load a model (source, dtype, tensor-parallel size when several devices exist) and see
-its configuration, the devices and the memory in use."""
+"""Model tab (ipywidgets): load a model (source, dtype, tensor-parallel size when several devices
+exist); its configuration, the devices and the memory in use. Logic: `widgets.state.model`."""
 
 from __future__ import annotations
 
-import html
-
 import ipywidgets as w
 
-from widgets.model_loader import ModelLoader, config_table_html
-from widgets.presenters import devices_html
+from widgets.jupyter.common import Status
+from widgets.state.model import ModelState
 
 
 class ModelView(w.VBox):
     def __init__(self, wb):
         self.wb = wb
-        n = len(wb.devices())
-        tp_options = [k for k in range(1, n + 1) if n % k == 0]
-        self.tp = w.Dropdown(options=tp_options, value=1, description="tensor parallel",
+        self.status = Status()
+        self.state = ModelState(wb, self.status.show, self.redraw)
+        self.tasks = self.state.tasks
+        tp = self.state.tp_options()
+        self.source = w.Text(value="embedded", description="model",
+                             placeholder="embedded | /path/to/hf_dir | file.gguf | org/name")
+        self.dtype = w.Dropdown(options=["float32", "bfloat16", "float16"], value="float32",
+                                description="dtype")
+        self.tp = w.Dropdown(options=tp, value=1, description="tensor parallel",
                              style={"description_width": "110px"},
-                             layout=w.Layout(display="" if n > 1 else "none"))
-        self.loader = ModelLoader(loader=self._load)
+                             layout=w.Layout(display="" if len(tp) > 1 else "none"))
+        self.button = w.Button(description="Load", button_style="primary", icon="download")
+        self.details = w.HTML()
         self.devices = w.HTML()
+        self.button.on_click(lambda _: self.load())
         if wb.model is not None:
-            self.loader.model = wb.model
-            self.loader.status.value = f"Loaded <b>{html.escape(wb.model.name)}</b>."
-            self.loader.details.value = config_table_html(wb.model)
-        self.refresh()
-        super().__init__([self.loader, self.tp, w.HTML("<b>Devices</b>"), self.devices])
+            self.status.show(f"Loaded {wb.model.name}")
+        self.redraw()
+        super().__init__([w.HBox([self.source, self.dtype, self.tp, self.button]), self.status,
+                          self.details, w.HTML("<b>Devices</b>"), self.devices])
 
-    def _load(self, source: str, dtype: str):
-        mesh = self.tp.value if self.tp.value > 1 else None
-        lm = self.wb.load(source, dtype=dtype, mesh=mesh)
-        self.refresh()
-        return lm
+    def load(self) -> None:
+        self.state.load(self.source.value.strip(), self.dtype.value, self.tp.value)
+        self.redraw()
+
+    def redraw(self) -> None:
+        self.button.disabled = self.state.busy
+        self.details.value = self.state.details_html()
+        self.devices.value = self.state.devices_html()
 
     def refresh(self) -> None:
-        self.devices.value = devices_html(self.wb)
+        self.redraw()
