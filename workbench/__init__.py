@@ -5,6 +5,7 @@
     engine = workbench.vInference(lm)                # or vSurge(lm) for continuous batching
     engine.generate("Hello", workbench.SamplingParams(max_tokens=32))
     server = workbench.serve(engine)                 # OpenAI-compatible API in the background
+    proxy = workbench.serve_proxy({"smol": [engine, {"url": "http://host:8000/v1"}]})
 
 Names are imported lazily, so `import workbench` is cheap and the server's dependencies are only
 needed when the server is used.
@@ -34,6 +35,7 @@ _EXPORTS = {
     "MetricsCollector": "workbench.metrics",
     "serve": "workbench.server",
     "create_app": "workbench.server",
+    "serve_proxy": "workbench.server",
 }
 
 __all__ = sorted(_EXPORTS)

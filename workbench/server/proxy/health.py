@@ -40,6 +40,7 @@ class BackendHealth:
         self.fails = 0
         self.retry_at = 0.0  # while down: no probe before this time
         self.last_error: str | None = None
+        self.last_probe: float | None = None  # when the last probe finished
 
     def record_success(self) -> None:
         self.fails = 0
@@ -77,6 +78,7 @@ async def probe_loop(health: BackendHealth, probe: Callable[[], Awaitable[bool]]
             except Exception:  # noqa: BLE001 - a probe that raises is a failed probe
                 logger.debug("probe of %s raised", health.name, exc_info=True)
                 ok = False
+            health.last_probe = time.monotonic()
             if ok:
                 health.record_success()
             else:
