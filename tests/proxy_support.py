@@ -223,3 +223,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def tiny_model_dir(directory: str, seed: int, **overrides) -> str:
+    """A tiny random Llama (2 layers, hidden 64) with SmolLM2's tokenizer and chat template, saved
+    as a HF directory that `workbench serve --model DIR` loads: real text in and out, compiled and
+    run in milliseconds. Different seeds give different (deterministic) greedy texts."""
+    import shutil
+
+    from tests.hf_models import save_tiny_model
+    from workbench.loading.sources import resolve_source
+
+    save_tiny_model("llama", directory, seed=seed, **{"vocab_size": 49152,
+                                                      "max_position_embeddings": 512, **overrides})
+    embedded, _ = resolve_source("embedded")
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(os.path.join(embedded, name), os.path.join(directory, name))
+    return directory

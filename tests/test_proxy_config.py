@@ -3,13 +3,15 @@ health state machine: plain Python, no server."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import pytest
 
 from workbench.server.proxy.config import (EngineSpec, HealthSpec, LocalSpec, Timeouts,
                                            UpstreamSpec, load_config, parse_config)
-from workbench.server.proxy.health import BackendHealth
+from workbench.server.proxy.health import BackendHealth, probe_loop
 from workbench.server.proxy.sse import MalformedSSE, SSEReader, carries_text
 
 UP = "http://127.0.0.1:8001/v1"
@@ -180,6 +182,7 @@ def test_health_marks_down_after_max_fails_and_waits_out_the_cooldown():
     assert not h.up and changes == [False] and h.last_error == "timeout"
     now[0] += 4.9
     assert not h.probe_due()  # cooling down
+    assert h.next_probe_in(60.0) == pytest.approx(0.1)
     now[0] += 0.2
     assert h.probe_due()
     h.record_failure("health check failed")  # a failed probe restarts the cooldown
@@ -187,3 +190,30 @@ def test_health_marks_down_after_max_fails_and_waits_out_the_cooldown():
     now[0] += 5.1
     h.record_success()  # the probe answered
     assert h.up and changes == [False, True] and h.fails == 0
+    assert h.next_probe_in(60.0) == 60.0
+
+
+def test_probe_loop_reprobes_a_backend_a_request_marked_down_after_the_cooldown():
+    async def main() -> list[float]:
+        h = BackendHealth("a", cooldown=0.05)
+        calls: list[float] = []
+
+        async def probe() -> bool:
+            calls.append(time.monotonic())
+            return len(calls) != 2  # up, then one failed probe, then up again
+
+        task = asyncio.create_task(probe_loop(h, probe, interval=30.0))
+        await asyncio.sleep(0.1)
+        assert h.up and len(calls) == 1  # waiting out its 30 s interval
+        t0 = time.monotonic()
+        h.record_failure("connect")  # a request failed: down
+        while len(calls) < 3:
+            await asyncio.sleep(0.01)
+            assert time.monotonic() - t0 < 5, calls
+        assert h.up
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return [c - t0 for c in calls[1:]]
+
+    second, third = asyncio.run(main())
+    assert 0.04 < second < 1.0 and third - second > 0.04  # each after a cooldown, not 30 s

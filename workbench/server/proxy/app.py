@@ -7,8 +7,8 @@ Routes (the same surface and error rules as `workbench serve`, see `server/app.p
                     the response names the backend that answered in `x-workbench-backend`
     GET  /v1/models  every public model name once
     GET  /health     {"status": "ok" | "degraded" | "unavailable", "models": {name: {
-                     "backends_up", "backends"}}}: 200 while some backend is up, else 503
-                     (never needs the API key, like the server's)
+                     "backends_up", "backends"}}}: 200 while some backend is up ("degraded": not
+                     all), else 503 (never needs the API key, like the server's)
     GET  /metrics    the proxy's metrics (`metrics.py`) and the local engines' (Prometheus text)
 
 The proxy reads the body once: it must be a JSON object, `model` a string (optional with one

@@ -6,18 +6,20 @@
 - `record_failure(reason)`: a request or a probe failed (connect error, timeout, 5xx, broken
   stream). After `max_fails` failures in a row the backend is marked down. A success in between
   (`record_success()`) resets the count.
-- While down it is skipped by the router and is not probed before `cooldown` seconds have passed
-  since it went down (or since its last failed probe); the first probe that answers marks it up.
+- While down it is skipped by the router and probed every `cooldown` seconds (the first probe
+  `cooldown` s after it went down); the first probe that answers marks it up.
 - `on_change(up: bool)` is called on every transition (metrics, logs).
 
-`probe_loop(health, probe, interval)` runs until cancelled: probes once at once, then every
-`interval` seconds (a down backend only once its cooldown is over); `probe()` returns True when
-the backend answered.
+`probe_loop(health, probe, interval)` runs until cancelled: probes at once, then every `interval`
+seconds while the backend is up and every `cooldown` seconds while it is down (a backend that a
+failed request marks down is probed `cooldown` s later, not at the end of the interval);
+`probe()` returns True when the backend answered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Awaitable, Callable
@@ -41,6 +43,7 @@ class BackendHealth:
         self.retry_at = 0.0  # while down: no probe before this time
         self.last_error: str | None = None
         self.last_probe: float | None = None  # when the last probe finished
+        self.went_down = asyncio.Event()  # wakes the probe loop (it may be waiting `interval`)
 
     def record_success(self) -> None:
         self.fails = 0
@@ -60,8 +63,15 @@ class BackendHealth:
     def probe_due(self) -> bool:
         return self.up or self._clock() >= self.retry_at
 
+    def next_probe_in(self, interval: float) -> float:
+        """Seconds until the next probe: `interval` while up, the rest of the cooldown while
+        down."""
+        return interval if self.up else max(0.0, self.retry_at - self._clock())
+
     def _set(self, up: bool) -> None:
         self.up = up
+        if not up:
+            self.went_down.set()
         if up:
             logger.info("backend %s is up again", self.name)
         if self._on_change is not None:
@@ -83,4 +93,9 @@ async def probe_loop(health: BackendHealth, probe: Callable[[], Awaitable[bool]]
                 health.record_success()
             else:
                 health.record_failure("health check failed")
-        await asyncio.sleep(interval)
+        if health.up:  # until the interval is over, or a failed request marks it down
+            health.went_down.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(health.went_down.wait(), interval)
+        else:
+            await asyncio.sleep(health.next_probe_in(interval))

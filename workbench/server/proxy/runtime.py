@@ -9,7 +9,8 @@
   start and cancel one health-probe task per backend (`health.probe_loop`).
 - `resolve(model) -> Route`: like the server's, a missing model selects the only route; an unknown
   one is a 404 `model_not_found`.
-- `health()`: per route, how many of its backends are up (no URLs, no names: /health is open).
+- `health()`: "ok" (every backend up), "degraded" (some down) or "unavailable" (none up), and per
+  route how many of its backends are up (no URLs, no names: /health is open).
 """
 
 from __future__ import annotations
@@ -113,8 +114,8 @@ class ProxyRuntime:
     def health(self) -> dict[str, Any]:
         models = {name: {"backends_up": sum(t.backend.health.up for t in r.targets),
                          "backends": len(r.targets)} for name, r in self.routes.items()}
-        ups = [m["backends_up"] for m in models.values()]
-        status = "ok" if all(ups) else ("degraded" if any(ups) else "unavailable")
+        up = [b.health.up for b in self.backends.values()]
+        status = "ok" if all(up) else ("degraded" if any(up) else "unavailable")
         return {"status": status, "models": models}
 
     # ---- lifecycle --------------------------------------------------------------------------
