@@ -16,7 +16,7 @@ it, so one route entry = one behaviour:
     error-first      a stream whose first event is an error event
     slow             an event every 50 ms, 200 of them (for disconnects)
 
-It records the bodies and Authorization headers it got, and counts streams that finished and
+It records the bodies, Authorization headers and client ports it got, and counts streams that finished and
 streams that were cut off by the other side (`closed`). `/v1/models` answers 200 while
 `healthy` is True, else 503.
 """
@@ -62,6 +62,7 @@ class FakeUpstream:
         self.healthy = True
         self.bodies: list[dict] = []
         self.auth: list[str | None] = []
+        self.ports: list[int] = []  # the client port of each request (one = one connection)
         self.finished = 0
         self.closed = 0
         self.handle = serve(self._app())
@@ -86,6 +87,7 @@ class FakeUpstream:
             body = await request.json()
             self.bodies.append(body)
             self.auth.append(request.headers.get("authorization"))
+            self.ports.append(request.client.port)
             mode, stream = body.get("model"), body.get("stream", False)
             if mode in ("500", "429"):
                 return _error(int(mode), f"scripted {mode}", f"scripted_{mode}")

@@ -95,6 +95,16 @@ def test_body_forwarded_with_only_the_model_rewritten(fakes, proxies, monkeypatc
     assert events[-1] == "[DONE]"
 
 
+def test_upstream_connections_are_reused(fakes, proxies):
+    fake = fakes()
+    proxy = proxies({"m": [upstream(fake, "ok")]})
+    for i in range(6):
+        r, events = stream_text(proxy, {"model": "m", "prompt": "x"}) if i % 2 else \
+            (post(proxy, {"model": "m", "prompt": "x"}), None)
+        assert r.status_code == 200
+    assert len(fake.ports) == 6 and len(set(fake.ports)) == 1, fake.ports  # one kept-alive
+
+
 def test_models_health_and_request_errors(fakes, proxies):
     fake = fakes()
     proxy = proxies({"a": [upstream(fake, "ok")], "b": [upstream(fake, "ok")]})

@@ -228,6 +228,7 @@ class Upstream(Backend):
                         if obj is None:  # [DONE]
                             attempt.succeed()
                             yield _SSE_DONE
+                            await _drain(chunks, guard)
                             return
                         if attempt.wants_ttft and carries_text(obj):
                             attempt.first_text()
@@ -264,6 +265,22 @@ class Upstream(Backend):
                 attempt.fail("cancelled", "client disconnected")
             with anyio.CancelScope(shield=True):
                 await response.aclose()
+
+
+async def _drain(chunks: AsyncIterator[bytes], guard: Interruptible,
+                 seconds: float = 1.0, limit: int = 65536) -> None:
+    """Read what follows [DONE] (normally only the end of the chunked body), so that the
+    connection goes back to the pool instead of being closed; give up on a chatty upstream."""
+    loop = asyncio.get_running_loop()
+    received = 0
+    try:
+        async with guard.within(loop.time() + seconds):
+            async for data in chunks:
+                received += len(data)
+                if received > limit:
+                    return
+    except (TimeoutError, httpx.HTTPError):
+        pass
 
 
 def _check_json(data: bytes) -> None:
