@@ -95,18 +95,17 @@ class Target:
 class Attempt:
     """One try of one backend for one call: in-flight count, latency, TTFT, errors, health."""
 
-    __slots__ = ("route", "target", "metrics", "call", "_done", "_ttft_seen")
+    __slots__ = ("call", "target", "series", "_done", "_ttft_seen")
 
     def __init__(self, call: Call, target: Target, metrics: ProxyMetrics):
         self.call = call
-        self.route = call.route
         self.target = target
-        self.metrics = metrics
+        self.series = metrics.series(call.route, target.backend.name)
         self._done = False
         self._ttft_seen = False
         target.backend.in_flight += 1
-        metrics.requests.labels(self.route, target.backend.name).inc()
-        metrics.in_flight.labels(self.route, target.backend.name).inc()
+        self.series.requests.inc()
+        self.series.in_flight.inc()
 
     @property
     def done(self) -> bool:
@@ -120,18 +119,16 @@ class Attempt:
     def first_text(self) -> None:
         if not self._ttft_seen:
             self._ttft_seen = True
-            self.metrics.ttft.labels(self.route, self.target.backend.name).observe(
-                time.perf_counter() - self.call.arrival)
+            self.series.ttft.observe(time.perf_counter() - self.call.arrival)
 
     def succeed(self) -> None:
         if self._end():
-            self.metrics.latency.labels(self.route, self.target.backend.name).observe(
-                time.perf_counter() - self.call.arrival)
+            self.series.latency.observe(time.perf_counter() - self.call.arrival)
             self.target.backend.health.record_success()
 
     def fail(self, kind: str, reason: str = "", *, marks_down: bool = False) -> None:
         if self._end():
-            self.metrics.error(self.route, self.target.backend.name, kind)
+            self.series.errors[kind].inc()
             if marks_down:
                 self.target.backend.health.record_failure(f"{kind}: {reason}" if reason else kind)
 
@@ -140,5 +137,5 @@ class Attempt:
             return False
         self._done = True
         self.target.backend.in_flight -= 1
-        self.metrics.in_flight.labels(self.route, self.target.backend.name).dec()
+        self.series.in_flight.dec()
         return True

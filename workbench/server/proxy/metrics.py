@@ -58,18 +58,30 @@ class ProxyMetrics:
         self.backend_up = Gauge(p + "proxy_backend_up", "1 if the backend is up, 0 if marked down.",
                                 ("backend",), registry=reg)
 
-    def register(self, model_name: str, backend: str) -> None:
-        """Create the series of one (route, backend) pair at 0, so they show before traffic."""
-        self.requests.labels(model_name, backend)
-        self.in_flight.labels(model_name, backend)
-        self.failovers.labels(model_name, backend)
-        for kind in ERROR_KINDS:
-            self.errors.labels(model_name, backend, kind)
-        self.unavailable.labels(model_name)
+        self._series: dict[tuple[str, str], Series] = {}
 
-    def error(self, model_name: str, backend: str, kind: str) -> None:
-        assert kind in ERROR_KINDS, kind
-        self.errors.labels(model_name, backend, kind).inc()
+    def series(self, model_name: str, backend: str) -> Series:
+        """The labelled children of one (route, backend) pair, created at 0 on first use (so they
+        show before traffic) and cached (a `labels()` lookup per event costs a lock and a dict)."""
+        s = self._series.get((model_name, backend))
+        if s is None:
+            s = self._series[(model_name, backend)] = Series(self, model_name, backend)
+            self.unavailable.labels(model_name)
+        return s
 
     def set_up(self, backend: str, up: bool) -> None:
         self.backend_up.labels(backend).set(1 if up else 0)
+
+
+class Series:
+    """The metric children of one (model_name, backend) pair."""
+
+    __slots__ = ("requests", "in_flight", "latency", "ttft", "failovers", "errors")
+
+    def __init__(self, m: ProxyMetrics, model_name: str, backend: str):
+        self.requests = m.requests.labels(model_name, backend)
+        self.in_flight = m.in_flight.labels(model_name, backend)
+        self.latency = m.latency.labels(model_name, backend)
+        self.ttft = m.ttft.labels(model_name, backend)
+        self.failovers = m.failovers.labels(model_name, backend)
+        self.errors = {kind: m.errors.labels(model_name, backend, kind) for kind in ERROR_KINDS}

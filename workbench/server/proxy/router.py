@@ -65,7 +65,7 @@ async def dispatch(call: Call, route: Route, metrics: ProxyMetrics) -> Response:
             attempt.fail(failure.kind, failure.reason, marks_down=failure.marks_down)
             failures.append((target.backend.name, failure))
             if i + 1 < len(targets):
-                metrics.failovers.labels(route.name, target.backend.name).inc()
+                attempt.series.failovers.inc()
                 logger.warning("model %s: backend %s failed before the first byte (%s: %s); "
                                "trying %s", route.name, target.backend.name, failure.kind,
                                failure.reason, targets[i + 1].backend.name)

@@ -51,7 +51,7 @@ class ProxyRuntime:
                 else:
                     raise ValueError(f"{path}.local: build the engine first (`workbench proxy` "
                                      "does; in Python pass the engine object)")
-                metrics.register(route.name, backend.name)
+                metrics.series(route.name, backend.name)  # every series shows at 0
                 targets.append(target)
             self.routes[route.name] = Route(route.name, targets, route.strategy)
         self.engines = {b.name: b.engine for b in self.backends.values()
