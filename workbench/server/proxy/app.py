@@ -126,13 +126,16 @@ def create_proxy_app(routes: Any, *, api_key: str | None = None, max_body_bytes:
         call = Call(request, route.name, endpoint, body, bool(body.get("stream")))
         return await dispatch(call, route, metrics)
 
-    @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         return await forward(request, "completions")
 
-    @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         return await forward(request, "chat/completions")
+
+    # Plain Starlette routes: the proxy reads the body itself, and FastAPI's parameter machinery
+    # would add a tenth of a millisecond to every request for nothing.
+    app.add_route("/v1/completions", completions, methods=["POST"])
+    app.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
 
     app.add_middleware(BodySizeLimit, max_body_bytes=max_body_bytes)
     if api_key is not None:
