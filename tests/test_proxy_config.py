@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from workbench.server.proxy.config import (EngineSpec, HealthSpec, LocalSpec, Timeouts,
-                                           UpstreamSpec, load_config, parse_config)
+from workbench.server.proxy.config import load_config, parse_config
+from workbench.server.proxy.spec import EngineSpec, HealthSpec, LocalSpec, Timeouts, UpstreamSpec
 from workbench.server.proxy.health import BackendHealth, probe_loop
 from workbench.server.proxy.sse import MalformedSSE, SSEReader, carries_text
 

@@ -5,7 +5,7 @@ and upstream OpenAI-compatible servers, streams through, fails over, checks heal
   "127.0.0.1", port=0, ...) -> ServerHandle` (`app.py`)
 - `parse_config(obj)`, `load_config(path) -> ProxyConfig` (`config.py`: the config's format)
 
-Files: `config.py` (routes, validated), `backend.py` (the backend contract, one call, one attempt),
+Files: `spec.py` (what a route is), `config.py` (the format, parsed and validated), `backend.py` (the backend contract, one call, one attempt),
 `upstream.py` (an upstream server over httpx), `local.py` (an engine in this process), `sse.py`
 (reading upstream events), `health.py` (up/down, cooldown, probes), `router.py` (order of backends,
 failover), `metrics.py` (Prometheus), `runtime.py` (config -> live backends), `app.py` (routes,
@@ -26,7 +26,7 @@ _EXPORTS = {"create_proxy_app": "workbench.server.proxy.app",
             "serve_proxy": "workbench.server.proxy.app",
             "parse_config": "workbench.server.proxy.config",
             "load_config": "workbench.server.proxy.config",
-            "ProxyConfig": "workbench.server.proxy.config"}
+            "ProxyConfig": "workbench.server.proxy.spec"}
 
 
 def __getattr__(name: str) -> Any:

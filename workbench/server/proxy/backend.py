@@ -27,7 +27,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from workbench.server.proxy.config import Timeouts
+from workbench.server.proxy.spec import Timeouts
 from workbench.server.proxy.health import BackendHealth
 from workbench.server.proxy.metrics import ProxyMetrics
 
