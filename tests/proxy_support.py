@@ -14,6 +14,7 @@ it, so one route entry = one behaviour:
     malformed-first  a stream whose first event is no SSE
     malformed-mid    one good event, then broken JSON
     error-first      a stream whose first event is an error event
+    json-for-stream  a JSON completion where a stream was asked for
     slow             an event every 50 ms, 200 of them (for disconnects)
 
 It records the bodies, Authorization headers and client ports it got, and counts streams that finished and
@@ -100,7 +101,7 @@ class FakeUpstream:
                     await asyncio.sleep(0.05)
                 self.closed += 1
                 return JSONResponse({}, status_code=499)
-            if not stream:
+            if not stream or mode == "json-for-stream":
                 return {"id": "cmpl-fake", "object": "text_completion", "created": 1,
                         "model": mode, "choices": [{"index": 0, "text": "fake answer",
                                                     "finish_reason": "stop"}],

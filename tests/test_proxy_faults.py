@@ -155,6 +155,7 @@ def test_the_proxy_key_guards_every_route_but_health(fakes, proxies):
 BEFORE_FIRST_BYTE = [(mode, kind, stream) for mode, kind in [
     ("500", "http_5xx"), ("429", "http_429"), ("hang", "timeout"), ("connect", "connect")]
     for stream in (False, True)] + [("malformed-first", "malformed", True),
+                                    ("json-for-stream", "malformed", True),
                                     ("error-first", "stream", True)]
 
 

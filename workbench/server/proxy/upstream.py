@@ -140,7 +140,7 @@ class Upstream(Backend):
         body = dict(call.body)
         body["model"] = target.model
         content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-        # Straight to the pool: the client's URL merging and cookie jar cost ~1 ms a request.
+        # Straight to the pool: the client's URL joining and cookie jar cost ~0.7 ms a request.
         request = httpx.Request(
             "POST", self._urls[call.endpoint], content=content,
             headers=self._post_headers,
@@ -172,9 +172,10 @@ class Upstream(Backend):
                 async with guard.within(first_deadline):
                     while not first:
                         data = await anext(chunks, None)
-                        if data is None:
-                            raise BackendFailure("stream", "the stream closed before its first "
-                                                 "event")
+                        if data is None:  # a JSON body or a cut-off event: malformed
+                            raise BackendFailure(
+                                "malformed" if reader.pending else "stream",
+                                "the stream ended before its first event")
                         first = reader.feed(data)
             except (TimeoutError, httpx.HTTPError, MalformedSSE, ValueError) as exc:
                 raise self._failure(exc, guard, t.first_byte if call.stream else t.total) \
