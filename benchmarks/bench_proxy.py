@@ -199,14 +199,16 @@ async def measure(stack: Stack, args: argparse.Namespace, ttft_prompts, tput_pro
     c0, u0 = stack.proxy_cpu(), stack.upstream.cpu_seconds()
     ttft = await paired_ttft(stack.urls, ttft_prompts, args.ttft_max_tokens)
     c1, u1 = stack.proxy_cpu(), stack.upstream.cpu_seconds()
-    rows, chunks = [], 0
+    rows, chunks, proxy_seconds = [], 0, 0.0
     for r in range(args.repeats):
         values = {}
         for path in (("direct", "proxy") if r % 2 == 0 else ("proxy", "direct")):
             summary, n = await throughput(stack.urls[path], tput_prompts, args.max_tokens, 16,
                                           args.seed)
             values[path] = summary["output tok/s"]
-            chunks += n if path == "proxy" else 0
+            if path == "proxy":
+                chunks += n
+                proxy_seconds += len(tput_prompts) * args.max_tokens / summary["output tok/s"]
         rows.append((values["direct"], values["proxy"]))
         C.log(f"{label} repeat {r + 1}: direct {values['direct']:.1f}, proxy "
               f"{values['proxy']:.1f} tok/s")
@@ -223,7 +225,8 @@ async def measure(stack: Stack, args: argparse.Namespace, ttft_prompts, tput_pro
         print(f"\n{label}: proxy process CPU {c1 - c0:.2f} s for {len(ttft_prompts)} requests at "
               f"concurrency 1, {c2 - c1:.2f} s for {args.repeats * len(tput_prompts)} requests "
               f"and {chunks} chunks at 16: {1e3 * per_request:.2f} ms per request + "
-              f"{1e6 * per_chunk:.0f} us per relayed chunk")
+              f"{1e6 * per_chunk:.0f} us per relayed chunk; during the proxy runs at 16 it used "
+              f"{100 * (c2 - c1) / proxy_seconds:.1f}% of one core")
         # the upstream served both paths: twice the proxy's requests and chunks
         up_request, up_chunk = np.linalg.solve(2 * phases, np.array([u1 - u0, u2 - u1]))
         print(f"{label}: upstream process CPU, the same fit: {1e3 * up_request:.2f} ms per "
