@@ -17,8 +17,8 @@ it, so one route entry = one behaviour:
     json-for-stream  a JSON completion where a stream was asked for
     slow             an event every 50 ms, 200 of them (for disconnects)
 
-It records the bodies, Authorization headers and client ports it got, and counts streams that finished and
-streams that were cut off by the other side (`closed`). `/v1/models` answers 200 while
+It records the bodies, Authorization headers and client ports it got, and counts streams that
+finished and streams that were cut off by the other side (`closed`). `/v1/models` answers 200 while
 `healthy` is True, else 503.
 """
 

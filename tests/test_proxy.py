@@ -122,7 +122,7 @@ def metrics_text(proxy) -> str:
     return httpx.get(proxy.url + "/metrics", headers={"Authorization": f"Bearer {PROXY_KEY}"}).text
 
 
-# ---- the same text as going direct ------------------------------------------------------------
+# ---- the same text as going direct ---------------------------------------------------------------
 def test_models_lists_each_public_name_once(proxy):
     assert [m.id for m in client(proxy).models.list().data] == ["a", "b", "local"]
 
@@ -209,7 +209,7 @@ def test_upstream_4xx_passes_through(proxy):
     assert e.value.body["param"] == "temperature"  # the local engine's, by the server's code
 
 
-# ---- disconnects ----------------------------------------------------------------------------------
+# ---- disconnects ---------------------------------------------------------------------------------
 def _running(url: str) -> float:
     return metric(httpx.get(url + "/metrics").text, "workbench:num_requests_running")
 
@@ -252,7 +252,7 @@ def test_client_disconnect_aborts_the_upstream_and_local_requests(proxy, upstrea
     assert wait_until(lambda: _running(url) == 0, timeout=10)
 
 
-# ---- metrics: the proxy's and the local engine's --------------------------------------------------
+# ---- metrics: the proxy's and the local engine's -------------------------------------------------
 def test_metrics_has_proxy_and_local_engine_series(proxy, local_engine):
     client(proxy).completions.create(model="local", prompt=PROMPTS[0], max_tokens=MAX_TOKENS,
                                      temperature=0, extra_body=EXTRA)
@@ -265,7 +265,7 @@ def test_metrics_has_proxy_and_local_engine_series(proxy, local_engine):
     assert metric(text, "workbench:proxy_backend_up", backend="local:vsurge") == 1
 
 
-# ---- the CLI: a config file, a local engine built from it, keys kept out of the log ----------------
+# ---- the CLI: a config file, a local engine built from it, keys kept out of the log --------------
 def test_workbench_proxy_cli(upstreams, models, direct, key_env, tmp_path):
     config = tmp_path / "routes.yaml"
     config.write_text(
@@ -299,7 +299,7 @@ def test_workbench_proxy_cli(upstreams, models, direct, key_env, tmp_path):
     assert B_KEY not in log and PROXY_KEY not in log
 
 
-# ---- an upstream dies, and comes back --------------------------------------------------------------
+# ---- an upstream dies, and comes back ------------------------------------------------------------
 def test_killed_upstream_fails_over_then_returns(upstreams, models, local_engine, direct, key_env,
                                                  caplog):
     caplog.set_level(logging.DEBUG)

@@ -5,11 +5,12 @@ and upstream OpenAI-compatible servers, streams through, fails over, checks heal
   "127.0.0.1", port=0, ...) -> ServerHandle` (`app.py`)
 - `parse_config(obj)`, `load_config(path) -> ProxyConfig` (`config.py`: the config's format)
 
-Files: `spec.py` (what a route is), `config.py` (the format, parsed and validated), `backend.py` (the backend contract, one call, one attempt),
-`upstream.py` (an upstream server over httpx), `local.py` (an engine in this process), `sse.py`
-(reading upstream events), `health.py` (up/down, cooldown, probes), `router.py` (order of backends,
-failover), `metrics.py` (Prometheus), `runtime.py` (config -> live backends), `app.py` (routes,
-lifecycle), `cli.py` (`workbench proxy`).
+Files: `spec.py` (what a route is), `config.py` (the format, parsed and validated), `backend.py`
+(the backend contract, one call, one attempt), `upstream.py` (an upstream server over httpx),
+`local.py` (an engine in this process), `sse.py` (reading upstream events), `health.py` (up/down,
+cooldown, probes), `router.py` (order of backends, failover), `metrics.py` (Prometheus),
+`runtime.py` (config -> live backends), `app.py` (routes, lifecycle), `cli.py` (`workbench
+proxy`).
 
 Exports are imported lazily: `workbench.server.proxy.cli` (imported by the `workbench` command)
 loads neither FastAPI nor httpx until the proxy starts.

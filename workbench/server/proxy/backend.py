@@ -27,9 +27,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from workbench.server.proxy.spec import Timeouts
 from workbench.server.proxy.health import BackendHealth
 from workbench.server.proxy.metrics import ProxyMetrics
+from workbench.server.proxy.spec import Timeouts
 
 BACKEND_HEADER = "x-workbench-backend"  # the response header naming the backend that answered
 

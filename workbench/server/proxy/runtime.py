@@ -21,11 +21,11 @@ from typing import Any
 
 from workbench.server.errors import APIError, bad_request
 from workbench.server.proxy.backend import Backend, Target
-from workbench.server.proxy.spec import EngineSpec, ProxyConfig, Timeouts, UpstreamSpec
 from workbench.server.proxy.health import BackendHealth, probe_loop
 from workbench.server.proxy.local import LocalEngine
 from workbench.server.proxy.metrics import ProxyMetrics
 from workbench.server.proxy.router import Route
+from workbench.server.proxy.spec import EngineSpec, ProxyConfig, Timeouts, UpstreamSpec
 from workbench.server.proxy.upstream import Upstream
 
 

@@ -36,8 +36,8 @@ from starlette.responses import Response
 from workbench.server.errors import APIError
 from workbench.server.proxy.backend import BACKEND_HEADER, Attempt, Backend, BackendFailure, \
     Call, Target
-from workbench.server.proxy.spec import UpstreamSpec
 from workbench.server.proxy.health import BackendHealth
+from workbench.server.proxy.spec import UpstreamSpec
 from workbench.server.proxy.sse import DONE, MalformedSSE, SSEReader, carries_text, event_bytes
 from workbench.server.streaming import SSEResponse, sse
 
