@@ -14,9 +14,22 @@ def _run(*args, timeout=300):
 
 
 def test_help_for_each_command():
-    for cmd in ([], ["generate"], ["chat"]):
+    for cmd in ([], ["generate"], ["chat"], ["serve"], ["proxy"]):
         r = _run(*cmd, "--help")
         assert r.returncode == 0 and "usage: workbench" in r.stdout
+    assert "--config" in _run("proxy", "--help").stdout
+
+
+def test_proxy_config_errors_are_one_line(tmp_path):
+    bad = tmp_path / "routes.json"
+    bad.write_text('{"routes": {"m": [{"url": "http://127.0.0.1:9/v1", "timeouts": '
+                   '{"connect": 0}}]}}')
+    for path, needle in [(bad, "routes.m.backends[0].timeouts.connect must be a number > 0"),
+                         (tmp_path / "missing.yaml", "cannot read the config")]:
+        r = _run("proxy", "--config", str(path), "--port", "0")
+        assert r.returncode == 2, r.stderr
+        assert needle in r.stderr and "Traceback" not in r.stderr
+        assert r.stderr.strip().count("\n") == 0
 
 
 def test_generate_greedy_stream_on_embedded(embedded):

@@ -34,6 +34,7 @@ def add_dashboard_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--allow-websocket-origin", action="append", default=None,
                    help="host:port a browser may connect from (repeatable; needed with --host "
                         "0.0.0.0 behind another name)")
+    p.set_defaults(func=run_dashboard)
     return p
 
 

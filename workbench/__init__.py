@@ -5,6 +5,7 @@
     engine = workbench.vInference(lm)                # or vSurge(lm) for continuous batching
     engine.generate("Hello", workbench.SamplingParams(max_tokens=32))
     server = workbench.serve(engine)                 # OpenAI-compatible API in the background
+    proxy = workbench.serve_proxy({"smol": [engine, {"url": "http://host:8000/v1"}]})
 
     bench = workbench.Workbench()                    # the facade the UI holds: load, engines,
     bench.load("embedded")                           # compare, serve, bench, metrics history
@@ -41,6 +42,7 @@ _EXPORTS = {
     "MetricsHistory": "workbench.metrics_history",
     "run_bench": "workbench.loadgen",
     "create_app": "workbench.server",
+    "serve_proxy": "workbench.server",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,4 +1,4 @@
-"""The `workbench` command: generate, chat, serve, bench, dashboard.
+"""The `workbench` command: generate, chat, serve, proxy, bench, dashboard.
 
 Errors print one readable line to stderr and exit non-zero (no traceback).
 """
@@ -49,10 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     try:
         from workbench.server.cli import add_serve_parser
+        from workbench.server.proxy.cli import add_proxy_parser
     except ImportError:  # the server's dependencies are optional
-        add_serve_parser = None
+        add_serve_parser = add_proxy_parser = None
     if add_serve_parser is not None:
         add_serve_parser(sub)
+        add_proxy_parser(sub)
     from workbench.loadgen_cli import add_bench_parser
 
     add_bench_parser(sub)
@@ -130,17 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in handlers:
             return handlers[args.command](args)
-        if args.command == "bench":
-            from workbench.loadgen_cli import run_bench_command
-
-            return run_bench_command(args)
-        if args.command == "dashboard":
-            from widgets.cli import run_dashboard
-
-            return run_dashboard(args)
-        from workbench.server.cli import run_serve
-
-        return run_serve(args)
+        return args.func(args)  # serve, proxy, bench, dashboard: set by their sub-parsers
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130

@@ -41,6 +41,7 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--prompt-lens", default="16,64", help="low,high prompt tokens (uniform)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=run_bench_command)
     return p
 
 
