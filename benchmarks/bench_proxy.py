@@ -1,8 +1,9 @@
 """Proxy overhead: the same streaming workload straight to a `workbench serve` upstream ("direct")
 and through `workbench proxy` in front of it ("proxy"), in the same run.
 
-The load generator is the library's (`workbench.loadgen`: `drive`, `http_client`, `summarize`: token-id prompts
-cut from real text, 16..64 tokens, greedy, ignore_eos, SSE over httpx, TTFT = first token-bearing
+The load generator is the library's (`workbench.loadgen`: `drive`, `http_client`, `summarize`:
+token-id prompts cut from real text, 16..64 tokens, greedy, ignore_eos, SSE over httpx, TTFT =
+first token-bearing
 chunk). Measurements, the targets of issue 15 first:
 - TTFT at concurrency 1, paired: `--ttft-requests` (48) prompts of `--ttft-max-tokens` (4) tokens,
   each sent direct and through the proxy back to back (which goes first alternates); headline: the
