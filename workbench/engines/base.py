@@ -24,6 +24,7 @@ import threading
 import uuid
 from typing import AsyncIterator, Iterator
 
+from workbench import compilation_cache
 from workbench.engines.request import Request
 from workbench.engines.types import EngineError, Prompt, PromptTooLongError, RequestOutput
 from workbench.loading.loader import LoadedModel
@@ -48,6 +49,7 @@ class Engine(abc.ABC):
         self.max_model_len = min(max_model_len or min(limit, 4096), limit)
         if self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
+        compilation_cache.configure()  # on by default: a restarted kernel starts warm
         self.model = model
         self.tokenizer = model.tokenizer
         self.eos_token_ids = model.eos_token_ids
