@@ -47,23 +47,28 @@ class SimDevice:
         return self.pages[chunk.page_ids[pos // self.page_size]], pos % self.page_size
 
     def execute(self, plan):
-        tokens = []
+        """Like the model: every chunk reads the pages as they were before the step (its past)
+        plus its own tokens; the step's tokens are written after."""
+        tokens, writes = [], []
         for c in plan.chunks:
             ids = [self.last[c.row]] if c.from_device else c.token_ids
             assert len(ids) == c.num_tokens
-            for j, tok in enumerate(ids):
-                page, off = self._slot(c, c.start + j)
-                page[off] = tok
+            context = []
+            for pos in range(c.start):
+                page, off = self._slot(c, pos)
+                context.append(page[off])
+            assert None not in context, f"{c.seq}: reads an unwritten position"
+            writes += [(c, c.start + j, tok) for j, tok in enumerate(ids)]
             tok = -1
             if c.samples:
-                context = []
-                for pos in range(c.start + c.num_tokens):
-                    page, off = self._slot(c, pos)
-                    context.append(page[off])
-                assert None not in context, f"{c.seq}: unwritten position"
-                tok = next_token(context, c.output_pos)
-                self.last[c.row] = tok
+                tok = next_token(context + list(ids), c.output_pos)
             tokens.append(tok)
+        for c, pos, tok in writes:
+            page, off = self._slot(c, pos)
+            page[off] = tok
+        for c, tok in zip(plan.chunks, tokens):
+            if c.samples:
+                self.last[c.row] = tok
         n = len(tokens)
         return types.SimpleNamespace(tokens=np.array(tokens), logprobs=np.zeros(n),
                                      top_ids=np.zeros((n, 0), int),

@@ -78,6 +78,9 @@ def test_prefix_lookup_never_returns_the_whole_prompt_and_counts_tokens():
     first = _seq("a", range(1, 13))  # 12 tokens: 3 full blocks
     assert kv.get_computed_blocks(first) == ([], 0)
     assert kv.allocate_slots(first, 12) is not None
+    assert kv.pool.num_cached == 0  # not in the step that computes them (it writes them last)
+    first.num_computed_tokens = 12  # that step was dispatched
+    assert kv.allocate_slots(first, 1) is not None
     assert kv.pool.num_cached == 3
     same = _seq("b", range(1, 13))
     blocks, hit = kv.get_computed_blocks(same)
@@ -87,7 +90,7 @@ def test_prefix_lookup_never_returns_the_whole_prompt_and_counts_tokens():
     blocks, hit = kv.get_computed_blocks(longer)
     assert hit == 12
     assert kv.allocate_slots(longer, 2, blocks, hit) is not None
-    assert [b.ref_cnt for b in kv.blocks(first)] == [2, 2, 2]
+    assert [b.ref_cnt for b in kv.blocks(first)] == [2, 2, 2, 1]
     assert len(kv.blocks(longer)) == 4 and kv.blocks(longer)[3].ref_cnt == 1
     kv.free(first)
     kv.free(longer)
@@ -104,10 +107,12 @@ def test_allocation_fails_cleanly_when_pages_run_out_and_caching_can_be_off():
     kv = KVCacheManager(num_pages=3, page_size=4)
     s = _seq("a", range(10))
     assert kv.allocate_slots(s, 10) is not None and kv.pool.num_free == 0
+    s.num_computed_tokens = 10
     t = _seq("b", range(4))
     assert kv.allocate_slots(t, 4) is None and kv.blocks(t) == [] and kv.num_held == 1
     # cached pages that a hit would take out of the free queue count against the free pages
-    kv.free(s)
+    kv.free(s)  # caches the full blocks it computed
+    assert kv.pool.num_cached == 2
     u = _seq("c", list(range(8)) + [99])
     blocks, hit = kv.get_computed_blocks(u)
     assert hit == 8
@@ -116,6 +121,8 @@ def test_allocation_fails_cleanly_when_pages_run_out_and_caching_can_be_off():
     off = KVCacheManager(num_pages=3, page_size=4, enable_prefix_caching=False)
     v = _seq("d", range(8))
     off.allocate_slots(v, 8)
+    v.num_computed_tokens = 8
+    off.free(v)
     assert off.pool.num_cached == 0 and off.get_computed_blocks(_seq("e", range(9))) == ([], 0)
     assert off.record_lookup(v, 0) == (0, 0)
     with pytest.raises(ValueError, match="page_size"):

@@ -98,6 +98,25 @@ def test_shared_prefix_hits_and_the_last_token_is_always_computed():
     assert (s.kv.num_queries, s.kv.num_hits) == (14 + 13 + 12, 20)
 
 
+def test_a_burst_sharing_a_prefix_computes_it_once():
+    s = _sched(page_size=4, max_num_batched_tokens=64, max_num_seqs=6)
+    dev = SimDevice(64, 4)
+    shared = list(range(1, 21))  # 5 pages
+    arrivals = {0: [request(f"r{i}", shared + [30 + i, 40 + i], max_tokens=3) for i in range(5)]}
+    first_steps = []
+    requests, _ = drive(s, dev, arrivals, on_plan=lambda p: first_steps.append(_ids(p)))
+    # r0 computes the prefix; the others wait a step for it, then compute only their own tail
+    assert first_steps[0] == [("r0", 0, 16)]
+    computed = collections.Counter()
+    for step in first_steps:
+        for rid, _, n in step:
+            computed[rid] += n
+    assert computed["r0"] == 22 + 2 and all(computed[f"r{i}"] == 2 + 2 for i in range(1, 5))
+    assert (s.kv.num_queries, s.kv.num_hits) == (5 * 22, 4 * 20)
+    for rid, r in requests.items():
+        assert r.sequences[0].output_ids == reference(r.prompt_ids, 3)
+
+
 def test_preemption_recomputes_keeps_the_queue_place_and_counts_no_hits():
     # 5 pages of 4 positions: a (arrival 0) and b (arrival 1) hold 2 pages each and grow; c
     # (a later arrival) waits for a row
@@ -165,7 +184,7 @@ def test_one_tenants_burst_does_not_starve_another():
         s = _sched(max_num_seqs=4, max_num_batched_tokens=64, tenant_fair_share=fair,
                    max_running_per_tenant=cap)
         for i in range(12):
-            s.add(request(f"a{i}", range(1, 20), max_tokens=8, tenant="alice"))
+            s.add(request(f"a{i}", [50 + i] + list(range(1, 11)), max_tokens=8, tenant="alice"))
         s.add(request("b0", range(30, 40), max_tokens=8, tenant="bob"))
         s.add(request("b1", range(40, 50), max_tokens=8, tenant="bob"))
         return s, s.schedule()

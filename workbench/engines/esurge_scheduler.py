@@ -18,6 +18,10 @@ its sampling state rebuilt (penalty counts from its tokens; a seeded draw depend
 position only), so its tokens do not change. Its own cached blocks make the recompute cheap, and
 they are not counted as prefix-cache hits.
 
+Shared prefixes: a page is cached once the step computing it is dispatched, so sequences admitted
+together would all compute a prefix they share. A waiting sequence whose next uncached block is
+being computed by a running one waits for it instead (a step or a few), then finds it cached.
+
 Long prompts: when prompt chunks compete, one chunk takes at most `long_prefill_token_threshold`
 tokens, and at most `max_num_partial_prefills` prompts are prefilled across steps at once, so
 one long prompt cannot hold back short requests' first tokens. Tenants (`tenants.py`): an
@@ -80,6 +84,7 @@ class _Step:
     def __init__(self, budget: int):
         self.budget = budget
         self.scheduled: dict[int, tuple[SeqState, int]] = {}  # id(seq) -> (seq, num_tokens)
+        self.pending: set[bytes] = set()  # hashes of full blocks computed, not yet cached
         self.preempted: set[int] = set()
         self.events: list = []
         self.new_rows: list = []
@@ -196,8 +201,19 @@ class ESurgeScheduler:
                 shares[s.tenant] -= n
                 step.num_partial += n < s.num_new_tokens
         if not step.preempted:
+            if self.kv.enable_prefix_caching:
+                for s in self.running:
+                    step.pending.update(self._pending_blocks(s, step))
             self._admit(candidates, cap, shares, step)
         return self._plan(step)
+
+    def _pending_blocks(self, s: SeqState, step: _Step) -> list[bytes]:
+        """Hashes of the full blocks of known tokens `s` computes in this step or computed in
+        one not yet cached (they are cached from the next step on)."""
+        n = step.scheduled.get(id(s), (s, 0))[1]
+        done = min(s.num_computed_tokens + n, s.num_known_tokens) // self.kv.page_size
+        hashes = s.update_hashes(self.kv.page_size)
+        return [h for h in hashes[:done] if self.kv.pool.get_cached(h) is None]
 
     def _allocate(self, s: SeqState, n: int, step: _Step) -> bool:
         """Pages for `n` more tokens of running `s`, preempting others (or `s` itself: False)."""
@@ -247,6 +263,9 @@ class ESurgeScheduler:
             if step.budget == 0:
                 break
             computed, hit = self.kv.get_computed_blocks(s)
+            hashes, most = s.block_hashes, (s.num_tokens - 1) // self.kv.page_size
+            if len(computed) < min(most, len(hashes)) and hashes[len(computed)] in step.pending:
+                continue  # its next block is being computed by another sequence: wait for it
             need = s.num_tokens - hit
             n = min(need, step.budget, cap, shares[s.tenant])
             if n <= 0:
@@ -274,6 +293,8 @@ class ESurgeScheduler:
             step.budget -= n
             shares[s.tenant] -= n
             step.num_partial += n < need
+            if self.kv.enable_prefix_caching:
+                step.pending.update(self._pending_blocks(s, step))
 
     def _plan(self, step: _Step) -> ESurgePlan:
         chunks = []

@@ -5,9 +5,14 @@
   never the whole sequence: its last token is always computed, so that its logits exist.
 - `allocate_slots(seq, num_new_tokens, computed, num_computed)`: pages for the next chunk (and
   the cached prefix found above, taken on the first call); None when pages run out, and then
-  nothing changed. Full blocks of known tokens are cached as soon as their KV is scheduled: a
-  later step that reuses them runs after the step that writes them.
+  nothing changed.
 - `free(seq)`: the sequence's pages back to the pool, tail first (so its tail is evicted first).
+
+When a block is cached: once the step that computes its KV has been dispatched, and not in that
+step. A step writes its KV after the layer scan, so a sequence scheduled in the same step cannot
+read it; any later step runs after it on the device. So `allocate_slots` (and `free`) cache the
+full blocks of the tokens computed before the step being planned (`seq.num_computed_tokens`,
+which the scheduler advances when it hands a plan over).
 - `record_lookup(seq, hits)`: prefix-cache queries and hits, in tokens, counted for new sequences
   only: a sequence resumed after a preemption finds its own blocks again, and counting those as
   hits would inflate the hit rate (vLLM issue 25780).
@@ -82,14 +87,16 @@ class KVCacheManager:
                                                    len(held))
         new = self.pool.allocate(need)
         held.extend(new)
-        self.cache_blocks(seq, min(total, seq.num_known_tokens))
+        self.cache_blocks(seq, seq.num_computed_tokens + num_computed)
         return new
 
     def cache_blocks(self, seq: SeqState, num_tokens: int) -> None:
-        """Cache the sequence's full blocks among its first `num_tokens` (known ids)."""
+        """Cache the sequence's full blocks among its first `num_tokens` computed tokens (those
+        whose ids the host knows)."""
         if not self.enable_prefix_caching:
             return
         held = self._blocks.get(seq.request_id, [])
+        num_tokens = min(num_tokens, seq.num_known_tokens)
         full = min(num_tokens // self.page_size, len(held))
         start = self._num_cached.get(seq.request_id, 0)
         if full <= start:
@@ -101,6 +108,8 @@ class KVCacheManager:
         self._num_cached[seq.request_id] = full
 
     def free(self, seq: SeqState) -> None:
+        """Cache what its dispatched steps computed, then release its pages."""
+        self.cache_blocks(seq, seq.num_computed_tokens)
         held = self._blocks.pop(seq.request_id, [])
         self._num_cached.pop(seq.request_id, None)
         self.pool.free(reversed(held))
