@@ -22,6 +22,10 @@ class FakePlan:
     def empty(self):
         return not self.rows
 
+    @property
+    def num_tokens(self):
+        return len(self.rows)
+
 
 class FakeScheduler:
     """Admits everything; every running sequence gets one token per step."""
@@ -142,6 +146,10 @@ def test_requests_stream_finish_and_are_recorded():
     assert snap["num_requests_finished"] == 3 and snap["generation_tokens_total"] == 2 + 2 * 3 + 4
     assert snap["prefix_cache_queries_total"] == 12 and snap["prefix_cache_hits_total"] == 3
     assert snap["kv_cache_usage_perc"] == 0.5
+    # a row per running sequence and step; the host learns a sequence ended one step late,
+    # so some rows were computed for nothing
+    assert 12 <= snap["iteration_tokens_total"] <= 12 + 4
+    assert snap["iterations_total"] >= 4  # the longest request needs 4 steps
     events = [e["event"] for e in core.timeline.get("r1")]
     assert events == ["queued", "scheduled", "prefix_lookup", "first_token", "finished"]
     times = [e["time"] for e in core.timeline.get("r1")]

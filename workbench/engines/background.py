@@ -90,6 +90,7 @@ class BackgroundEngine(Engine):
         return self.core.submit(req, loop)
 
     def generate(self, prompts, sampling_params=None) -> list[RequestOutput]:
+        self._check_open()
         prompts = self.normalize_prompts(prompts)
         params = self.normalize_params(sampling_params, len(prompts))
         reqs = [self.make_request(p, sp) for p, sp in zip(prompts, params)]  # validate all first
@@ -137,6 +138,7 @@ class BackgroundEngine(Engine):
                 self.abort(s.request_id)
 
     async def agenerate(self, prompts, sampling_params=None) -> list[RequestOutput]:
+        self._check_open()
         prompts = self.normalize_prompts(prompts)
         params = self.normalize_params(sampling_params, len(prompts))
         reqs = [self.make_request(p, sp) for p, sp in zip(prompts, params)]

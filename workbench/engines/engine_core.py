@@ -23,7 +23,8 @@ Contracts (tests drive the core with a fake scheduler and runner, no model):
   num_new_tokens)]` (hands the sampled tokens to the sequences); `finish(request_id)` (forget
   a finished request); `num_running`, `num_waiting`, `has_work`; `report(collector)` (its own
   gauges).
-- plan: `empty` (nothing to dispatch) and `events`: `(request_id, event, info)` triples. The
+- plan: `empty` (nothing to dispatch), `num_tokens` (tokens it computes: the
+  `iteration_tokens_total` histogram) and `events`: `(request_id, event, info)` triples. The
   core turns "scheduled", "preempted" and "prefix_lookup" (info: queries, hits) into metrics and
   records every event in the request's timeline.
 - runner: `allocate()`, `free()`, `execute(plan) -> handle` (dispatch, do not wait),
@@ -160,6 +161,8 @@ class EngineCore:
                 with self.lock:
                     plan = self.scheduler.schedule()
                     self._record_events(plan)
+                if not plan.empty:
+                    self.collector.on_iteration(plan.num_tokens)
                 previous = self._inflight
                 self._inflight = None if plan.empty else (plan, self.runner.execute(plan))
                 if previous is not None:

@@ -59,6 +59,15 @@ class SchedulerOutput:
     def empty(self) -> bool:
         return not self.prefill_batches and self.decode is None
 
+    num_steps: int = 1  # decode steps per chunk
+
+    @property
+    def num_tokens(self) -> int:
+        """Prompt tokens prefilled plus the decode chunk's row-steps (at most)."""
+        prompts = sum(len(a.request.prompt_ids) for b in self.prefill_batches for a in b)
+        rows = len(self.decode.seen) * self.num_steps if self.decode is not None else 0
+        return prompts + rows
+
 
 class VSurgeScheduler:
     def __init__(self, *, num_slots: int, max_concurrent_prefill: int, interleaved: bool,
@@ -128,7 +137,8 @@ class VSurgeScheduler:
             batches.append(current)
         events = [(r.request_id, "scheduled", {}) for r, _ in admitted]
         decode = self._plan_decode() if self.slots.num_used else None
-        return SchedulerOutput(prefill_batches=batches, decode=decode, events=events)
+        return SchedulerOutput(prefill_batches=batches, decode=decode, events=events,
+                               num_steps=self.decode_steps)
 
     def _plan_decode(self) -> DecodePlan:
         owners = self.slots.snapshot()
