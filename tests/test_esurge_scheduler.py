@@ -64,21 +64,28 @@ def test_decodes_come_first_and_a_long_prompt_is_capped_when_others_wait():
     s.add(request("long", range(5, 60), max_tokens=2))
     s.add(request("tiny", [7, 8], max_tokens=2))
     plan = s.schedule()
-    # the decode first; the long prompt's chunk capped at 6 (others compete); tiny fits whole
-    assert _ids(plan) == [("short", 3, 1), ("long", 0, 6), ("tiny", 0, 2)]
+    # the decode first; the long prompt's chunk capped at 6 while tiny competes; tiny fits
+    # whole; then the long prompt gets the budget nobody else wants (16 - 1 - 2 = 13)
+    assert _ids(plan) == [("short", 3, 1), ("long", 0, 13), ("tiny", 0, 2)]
     s.update(plan, dev.execute(plan))
     plan = s.schedule()  # no competing prompt left: the long one takes the rest of the budget
-    assert _ids(plan)[:2] == [("short", 4, 1), ("tiny", 2, 1)] and _ids(plan)[2] == ("long", 6, 14)
+    assert _ids(plan)[:2] == [("short", 4, 1), ("tiny", 2, 1)] and _ids(plan)[2] == ("long", 13, 14)
 
 
 def test_one_long_prompt_prefills_at_a_time_and_short_ones_pass_it():
     s = _sched(max_num_batched_tokens=16, long_prefill_token_threshold=8, max_num_seqs=6)
     for rid, n in [("long1", 50), ("long2", 50), ("s1", 3), ("s2", 4)]:
-        s.add(request(rid, range(1, n + 1), max_tokens=2))
+        s.add(request(rid, range(10 * n, 11 * n), max_tokens=2))
     plan = s.schedule()
-    # long2 would also be partial: it waits; the short ones start (and sample) in this step
-    assert _ids(plan) == [("long1", 0, 8), ("s1", 0, 3), ("s2", 0, 4)]
+    # long2 would also be partial: it waits; the short ones start (and sample) in this step;
+    # the one token left goes to long1
+    assert _ids(plan) == [("long1", 0, 9), ("s1", 0, 3), ("s2", 0, 4)]
     assert [c.samples for c in plan.chunks] == [False, True, True]
+    # budget nobody else can use goes to a second long prompt after all (no one waits for it)
+    s = _sched(max_num_batched_tokens=64, long_prefill_token_threshold=8, max_num_seqs=6)
+    s.add(request("long1", range(100, 150), max_tokens=2))
+    s.add(request("long2", range(200, 250), max_tokens=2))
+    assert _ids(s.schedule()) == [("long1", 0, 50), ("long2", 0, 14)]
     with pytest.raises(ValueError, match="max_num_partial_prefills"):
         _sched(max_num_partial_prefills=0)
 
@@ -105,8 +112,10 @@ def test_a_burst_sharing_a_prefix_computes_it_once():
     arrivals = {0: [request(f"r{i}", shared + [30 + i, 40 + i], max_tokens=3) for i in range(5)]}
     first_steps = []
     requests, _ = drive(s, dev, arrivals, on_plan=lambda p: first_steps.append(_ids(p)))
-    # r0 computes the prefix; the others wait a step for it, then compute only their own tail
-    assert first_steps[0] == [("r0", 0, 16)]
+    # r0 computes the prefix (its chunk capped at 16 while the others compete, then extended
+    # with the budget they cannot use); the others wait for it, then compute only their tails
+    assert first_steps[0] == [("r0", 0, 22)]
+    assert sorted(first_steps[1]) == [("r0", 22, 1)] + [(f"r{i}", 20, 2) for i in range(1, 5)]
     computed = collections.Counter()
     for step in first_steps:
         for rid, _, n in step:
@@ -293,7 +302,8 @@ def monkeypatch_hashes():
 
 def test_host_side_imports_no_jax():
     code = ("import sys, workbench.engines.esurge_scheduler, workbench.engines.block_pool, "
-            "workbench.engines.kv_cache_manager, workbench.engines.tenants; "
+            "workbench.engines.kv_cache_manager, workbench.engines.tenants, "
+            "workbench.engines.ragged_batch, workbench.engines.kv_budget; "
             "assert 'jax' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -9,7 +9,9 @@ in all and `max_num_seqs` sequences, and the device runs them as one flat ragged
 1. running sequences: decodes first (one token each, so a long prompt never stalls the streams),
    then prompt chunks (a prompt longer than the budget is split over steps: chunked prefill);
 2. waiting sequences, by policy (`fcfs`; `priority`: lower value first, ties by arrival), while
-   rows, budget and pages last, and only in a step that preempted nobody.
+   rows, budget and pages last, and only in a step that preempted nobody;
+3. what is left of the budget: longer chunks for the prompts capped above, then more waiting
+   sequences, past the long-prompt limits (nothing is waiting for that budget any more).
 
 When pages run out, the lowest-priority (then latest) running sequence is preempted by recompute:
 its pages return to the pool, it goes back to the waiting queue at its original place (ahead of
@@ -24,7 +26,9 @@ being computed by a running one waits for it instead (a step or a few), then fin
 
 Long prompts: when prompt chunks compete, one chunk takes at most `long_prefill_token_threshold`
 tokens, and at most `max_num_partial_prefills` prompts are prefilled across steps at once, so
-one long prompt cannot hold back short requests' first tokens. Tenants (`tenants.py`): an
+one long prompt cannot hold back short requests' first tokens. These limits only order the work:
+budget they leave unused at the end of a step goes to the prompts they held back (3.), so a
+burst of long prompts still fills every step. Tenants (`tenants.py`): an
 optional cap on running sequences per tenant, and a fair split of the prefill budget and of
 free rows between tenants with waiting work.
 """
@@ -205,7 +209,26 @@ class ESurgeScheduler:
                 for s in self.running:
                     step.pending.update(self._pending_blocks(s, step))
             self._admit(candidates, cap, shares, step)
+            if step.budget:
+                self._fill(prefills + candidates, step)
         return self._plan(step)
+
+    def _fill(self, seqs: list[SeqState], step: _Step) -> None:
+        """Give the budget left over to prompt chunks: first longer chunks for scheduled ones,
+        then waiting sequences the limits held back (no preemption for this budget)."""
+        for s in seqs:
+            if step.budget == 0:
+                return
+            if id(s) not in step.scheduled or id(s) in step.preempted:
+                continue
+            n = step.scheduled[id(s)][1]
+            more = min(s.num_new_tokens - n, step.budget)
+            if more > 0 and self.kv.allocate_slots(s, n + more) is not None:
+                step.scheduled[id(s)] = (s, n + more)
+                step.budget -= more
+        waiting = [s for s in seqs if id(s) not in step.scheduled and s.row is None]
+        unlimited = collections.defaultdict(lambda: self.max_num_batched_tokens)
+        self._admit(waiting, self.max_num_batched_tokens, unlimited, step, limit_partial=False)
 
     def _pending_blocks(self, s: SeqState, step: _Step) -> list[bytes]:
         """Hashes of the full blocks of known tokens `s` computes in this step or computed in
@@ -258,9 +281,10 @@ class ESurgeScheduler:
             out.append(s)
         return out
 
-    def _admit(self, candidates: list[SeqState], cap: int, shares, step: _Step) -> None:
+    def _admit(self, candidates: list[SeqState], cap: int, shares, step: _Step,
+               limit_partial: bool = True) -> None:
         for s in candidates:
-            if step.budget == 0:
+            if step.budget == 0 or not self._free_rows:
                 break
             computed, hit = self.kv.get_computed_blocks(s)
             hashes, most = s.block_hashes, (s.num_tokens - 1) // self.kv.page_size
@@ -270,7 +294,7 @@ class ESurgeScheduler:
             n = min(need, step.budget, cap, shares[s.tenant])
             if n <= 0:
                 continue
-            if n < need and step.num_partial >= self.max_num_partial_prefills:
+            if limit_partial and n < need and step.num_partial >= self.max_num_partial_prefills:
                 continue  # another long prompt is being prefilled: this one waits
             if self.kv.allocate_slots(s, n, computed, hit) is None:
                 break  # out of pages: admit nothing more (queue order stays strict)
