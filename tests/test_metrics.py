@@ -360,3 +360,18 @@ def test_module_does_not_import_jax():
     code = "import sys, workbench.metrics; assert 'jax' not in sys.modules, 'jax imported'"
     env = {**os.environ, "PYTHONPATH": str(root)}
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env=env)
+
+
+def test_iteration_tokens_histogram():
+    m = MetricsCollector("esurge", "m")
+    for n in (1, 40, 40, 300):
+        m.on_iteration(n)
+    fams = families(m.render())
+    lab = dict(model_name="m", engine="esurge")
+    assert sample(fams, "workbench:iteration_tokens_total", "_count", **lab) == 4
+    assert sample(fams, "workbench:iteration_tokens_total", "_sum", **lab) == 381
+    assert sample(fams, "workbench:iteration_tokens_total", "_bucket", le="64.0", **lab) == 3
+    s = m.snapshot()
+    assert (s["iterations_total"], s["iteration_tokens_total"]) == (4, 381)
+    with pytest.raises(ValueError, match="num_tokens"):
+        m.on_iteration(-1)

@@ -41,6 +41,8 @@ SCRIPT = textwrap.dedent("""
             print(name, tp, "diff", diff, describe_fallbacks(lm.config, tp))
             cache = lm.new_cache(2, 16)
             assert cache.k.sharding.spec[2] == ("tp" if heads_ok else None)
+            paged = lm.new_paged_cache(4, 8)  # eSurge's pages shard over KV heads
+            assert paged.k.sharding.spec[3] == ("tp" if heads_ok else None)
     print("OK")
 """)
 

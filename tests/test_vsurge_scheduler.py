@@ -5,12 +5,13 @@ import sys
 import pytest
 
 from workbench.engines.request_queue import FCFSQueue, PriorityQueue, make_queue
-from workbench.engines.types import EngineOverloadedError
+from workbench.engines.types import EngineOverloadedError, RequestStatus
 from workbench.engines.vsurge_scheduler import VSurgeScheduler
 
 
 class FakeSeq:
-    pass
+    status = RequestStatus.WAITING
+    output_ids = ()  # the decode plan reads how far each live row got
 
 
 class FakeReq:

@@ -2,7 +2,7 @@
 
     import workbench
     lm = workbench.load_model("embedded")            # SmolLM2-135M-Instruct, offline
-    engine = workbench.vInference(lm)                # or vSurge(lm) for continuous batching
+    engine = workbench.vInference(lm)                # or vSurge(lm), eSurge(lm): background engines
     engine.generate("Hello", workbench.SamplingParams(max_tokens=32))
     server = workbench.serve(engine)                 # OpenAI-compatible API in the background
     proxy = workbench.serve_proxy({"smol": [engine, {"url": "http://host:8000/v1"}]})
@@ -35,6 +35,7 @@ _EXPORTS = {
     "PromptTooLongError": "workbench.engines.types",
     "vInference": "workbench.engines.vinference",
     "vSurge": "workbench.engines.vsurge",
+    "eSurge": "workbench.engines.esurge",
     "MetricsCollector": "workbench.metrics",
     "serve": "workbench.server",
     "Workbench": "workbench.facade",

@@ -43,6 +43,8 @@ Histograms, token counts (buckets :data:`TOKEN_BUCKETS`: 1-2-5 series, 1 .. 1M),
 observed once per finished request
     ``request_prompt_tokens``         prompt length
     ``request_generation_tokens``     generated tokens
+and once per engine step (vLLM's buckets, 1 .. 16384)
+    ``iteration_tokens_total``        tokens the step computed (prompt chunks and decodes)
 
 Hooks (every timed hook takes ``now``; default ``time.monotonic()`` or the
 collector's ``clock``).  A hook naming an unknown request id is a silent no-op,
@@ -76,6 +78,8 @@ so a late abort can never crash the driver.
     counts a rejected request; stops tracking ``request_id`` if given.
 ``on_prefix_cache(queries, hits)``
     adds prefix-cache lookups and hits (tokens).
+``on_iteration(num_tokens)``
+    one engine step computed ``num_tokens`` tokens.
 ``set_running(n)``, ``set_waiting(n)``, ``set_kv_cache_usage(frac)``, ``set_slots(used, total)``
     gauges; ``frac`` is clamped to [0, 1].
 
@@ -105,6 +109,7 @@ from typing import Any, Callable, Iterable
 from prometheus_client import CollectorRegistry, generate_latest
 
 from workbench.prometheus_metrics import (  # noqa: F401 - buckets and render_many re-exported
+    ITERATION_BUCKETS,
     LATENCY_BUCKETS,
     TOKEN_BUCKETS,
     claim_families,
@@ -231,6 +236,7 @@ class MetricsCollector:
         self._h_decode = fam.decode.labels(**lv)
         self._h_req_prompt = fam.req_prompt.labels(**lv)
         self._h_req_gen = fam.req_gen.labels(**lv)
+        self._h_iteration = fam.iteration_tokens.labels(**lv)
 
         self._lock = threading.Lock()
         self._start = clock()
@@ -246,6 +252,8 @@ class MetricsCollector:
         self._n_rejected = 0
         self._n_prompt_tokens = 0
         self._n_generation_tokens = 0
+        self._n_iterations = 0
+        self._n_iteration_tokens = 0
         self._finished_by_reason = dict.fromkeys(FINISHED_REASONS, 0)
         # cumulative latency sums and counts (as the histograms'), for rates between snapshots
         self._latency_sums = {"ttft_s": [0.0, 0], "itl_s": [0.0, 0]}
@@ -418,6 +426,14 @@ class MetricsCollector:
             self._prefix_queries.inc(q)
             self._prefix_hits.inc(h)
 
+    def on_iteration(self, num_tokens: int) -> None:
+        """One engine step computed `num_tokens` tokens."""
+        n = _nonneg_int("num_tokens", num_tokens)
+        with self._lock:
+            self._n_iterations += 1
+            self._n_iteration_tokens += n
+            self._h_iteration.observe(n)
+
     # ----------------------------------------------------------------- gauges
 
     def set_running(self, n: int) -> None:
@@ -475,6 +491,8 @@ class MetricsCollector:
                 "num_preemptions": self._n_preemptions,
                 "prompt_tokens_total": self._n_prompt_tokens,
                 "generation_tokens_total": self._n_generation_tokens,
+                "iterations_total": self._n_iterations,
+                "iteration_tokens_total": self._n_iteration_tokens,
                 "prefix_cache_queries_total": q,
                 "prefix_cache_hits_total": self._n_prefix_hits,
                 "prefix_cache_hit_rate": (self._n_prefix_hits / q) if q else None,

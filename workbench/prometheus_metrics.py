@@ -21,6 +21,10 @@ LATENCY_BUCKETS: tuple[float, ...] = (
     0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0,
 )
 
+# Tokens per engine step (vLLM's iteration_tokens_total buckets).
+ITERATION_BUCKETS: tuple[float, ...] = (1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+                                        2048.0, 4096.0, 8192.0, 16384.0)
+
 TOKEN_BUCKETS: tuple[float, ...] = tuple(
     float(m * 10**e) for e in range(6) for m in (1, 2, 5)
 ) + (1_000_000.0,)
@@ -85,6 +89,8 @@ class _Families:
         self.decode = hist("request_decode_time_seconds", "Decode time (s), first token to finish.", LATENCY_BUCKETS)
         self.req_prompt = hist("request_prompt_tokens", "Prompt tokens per finished request.", TOKEN_BUCKETS)
         self.req_gen = hist("request_generation_tokens", "Generated tokens per finished request.", TOKEN_BUCKETS)
+        self.iteration_tokens = hist("iteration_tokens_total", "Tokens computed per engine step.",
+                                     ITERATION_BUCKETS)
         # (model_name, engine) -> live collector owning those label values.
         self.owners: "weakref.WeakValueDictionary[tuple[str, str], Any]" = weakref.WeakValueDictionary()
 

@@ -29,6 +29,7 @@ import threading
 import uuid
 from typing import AsyncIterator, Iterator
 
+from workbench import compilation_cache
 from workbench.engines.request import Request
 from workbench.engines.types import EngineError, Prompt, PromptTooLongError, RequestOutput
 from workbench.loading.loader import LoadedModel
@@ -58,6 +59,7 @@ class Engine(abc.ABC):
         self.max_model_len = min(max_model_len or min(limit, 4096), limit)
         if self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
+        compilation_cache.configure()  # on by default: a restarted kernel starts warm
         self.model = model
         self.tokenizer = model.tokenizer
         self.eos_token_ids = model.eos_token_ids
@@ -96,7 +98,7 @@ class Engine(abc.ABC):
 
     def make_request(self, prompt: Prompt, params: SamplingParams | None = None, *,
                      request_id: str | None = None, priority: int = 0,
-                     prompt_text: str | None = None) -> Request:
+                     prompt_text: str | None = None, tenant: str | None = None) -> Request:
         """Tokenize and validate one prompt; raises ValueError / PromptTooLongError."""
         params = params or SamplingParams()
         if not isinstance(params, SamplingParams):
@@ -124,8 +126,10 @@ class Engine(abc.ABC):
                 f"{len(ids) + params.max_tokens} > max_model_len {self.max_model_len}")
         if not isinstance(priority, int) or isinstance(priority, bool):
             raise ValueError(f"priority must be an int, got {priority!r}")
+        if tenant is not None and not isinstance(tenant, str):
+            raise ValueError(f"tenant must be a str or None, got {tenant!r}")
         return Request(request_id or self.new_request_id(), text, ids, params, self.tokenizer,
-                       self.eos_token_ids, priority=priority)
+                       self.eos_token_ids, priority=priority, tenant=tenant)
 
     def chat_prompt(self, messages) -> tuple[list[int], str]:
         if self.tokenizer is None:
@@ -224,16 +228,6 @@ class Engine(abc.ABC):
         (out,) = self.generate([ids], params)
         out.prompt = text
         return out
-
-    def record_tokens(self, req: Request, num_tokens: int) -> None:
-        """Timing and metrics after `num_tokens` new tokens were appended to `req`."""
-        first = req.first_token_time is None
-        req.mark_token()
-        if first:
-            self.collector.on_first_token(req.request_id)  # counts the first token
-            num_tokens -= 1
-        if num_tokens:
-            self.collector.on_tokens(req.request_id, num_tokens)
 
     def metrics(self) -> dict:
         return self.collector.snapshot()

@@ -1,5 +1,5 @@
-"""Host-side batch building shared by the engines: padded prefill inputs, per-row sampling
-tensors, and the conversion of sampled arrays back to `Logprob`s."""
+"""Host-side batch building shared by the engines: padded prefill inputs and per-row sampling
+tensors (the way back, sampled arrays to sequences, is `sampled_tokens.py`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from workbench.engines.buckets import pick_bucket
-from workbench.engines.types import Logprob
+from workbench.engines.sampled_tokens import to_logprob  # noqa: F401 - re-exported
 from workbench.sampling_params import SamplingParams
 from workbench.sampling_tensors import PenaltyState, SamplingTensors
 
@@ -49,6 +49,3 @@ def top_logprob_width(params: Sequence[SamplingParams]) -> int:
     return 0 if k == 0 else pick_bucket(k, (1, 5, 20))
 
 
-def to_logprob(token: int, lp: float, top_ids, top_lps, k: int) -> Logprob:
-    """A `Logprob` for one sampled token, keeping the first `k` alternatives."""
-    return Logprob(token, float(lp), [(int(i), float(v)) for i, v in zip(top_ids[:k], top_lps[:k])])

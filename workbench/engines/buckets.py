@@ -42,3 +42,16 @@ def pick_bucket(n: int, buckets: Sequence[int]) -> int:
             return b
     raise ValueError(f"{n} exceeds the largest bucket {buckets[-1]}")
 
+
+
+def token_buckets(max_tokens: int, lo: int = 4) -> tuple[int, ...]:
+    """eSurge's token-count buckets up to `max_tokens`: powers of two from `lo`, with the 1.5x
+    midpoints from 64 up (a large step pads by at most 1.5x, a small one costs little either
+    way). The default budgets stay within the compile budget of 16 step shapes: 256 tokens ->
+    9 buckets, 2048 -> 15."""
+    lo = min(lo, max_tokens)
+    out = set(pow2_buckets(lo, max_tokens))
+    for b in pow2_buckets(lo, max_tokens):
+        if b >= 64 and b * 3 // 2 < max_tokens:
+            out.add(b * 3 // 2)
+    return tuple(sorted(out))

@@ -21,6 +21,7 @@ from typing import Any
 ENGINES: dict[str, str] = {
     "vinference": "workbench.engines.vinference:vInference",
     "vsurge": "workbench.engines.vsurge:vSurge",
+    "esurge": "workbench.engines.esurge:eSurge",
 }
 
 

@@ -139,12 +139,13 @@ class Request:
 
     def __init__(self, request_id: str, prompt: str | None, prompt_ids: list[int],
                  params: SamplingParams, tokenizer: Tokenizer | None,
-                 eos_token_ids: frozenset[int], priority: int = 0):
+                 eos_token_ids: frozenset[int], priority: int = 0, tenant: str | None = None):
         self.request_id = request_id
         self.prompt = prompt
         self.prompt_ids = prompt_ids
         self.params = params
         self.priority = priority
+        self.tenant = tenant  # who sent it (multi-tenant scheduling); None: the default tenant
         self.arrival_time = time.time()
         self.first_token_time: float | None = None
         self.finish_time: float | None = None

@@ -1,8 +1,15 @@
-"""Waiting queues: FCFS and priority (lower value first, ties by arrival). Plain Python, no JAX."""
+"""Waiting queues: FCFS and priority (lower value first, ties by arrival). Plain Python, no JAX.
+
+`KeyedQueue` (eSurge) orders items by a key fixed at their first submission, `(priority,
+arrival)` or `(arrival,)`, so an item pushed back after a preemption regains its original place:
+ahead of later arrivals of the same priority, behind earlier ones (vLLM issue 41951 put it at the
+back).
+"""
 
 from __future__ import annotations
 
 import abc
+import bisect
 import heapq
 import itertools
 from collections import deque
@@ -111,4 +118,43 @@ def make_queue(policy: str) -> RequestQueue:
         return FCFSQueue()
     if policy == "priority":
         return PriorityQueue()
+    raise ValueError(f"scheduling_policy must be 'fcfs' or 'priority', got {policy!r}")
+
+
+class KeyedQueue(RequestQueue):
+    """Items sorted by `key(item)` (unique per item); iteration is in that order."""
+
+    def __init__(self, key):
+        self._key = key
+        self._items: list[tuple] = []  # sorted (key, item)
+
+    def push(self, item) -> None:
+        bisect.insort(self._items, (self._key(item), item), key=lambda e: e[0])
+
+    def peek(self):
+        return self._items[0][1]
+
+    def pop(self):
+        return self._items.pop(0)[1]
+
+    def remove(self, request_id: str):
+        for i, (_, item) in enumerate(self._items):
+            if item.request_id == request_id:
+                del self._items[i]
+                return item
+        return None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self):
+        return iter([item for _, item in self._items])
+
+
+def make_keyed_queue(policy: str) -> KeyedQueue:
+    """"fcfs": by `arrival`; "priority": by (`priority`, `arrival`); else ValueError."""
+    if policy == "fcfs":
+        return KeyedQueue(lambda item: (item.arrival,))
+    if policy == "priority":
+        return KeyedQueue(lambda item: (item.priority, item.arrival))
     raise ValueError(f"scheduling_policy must be 'fcfs' or 'priority', got {policy!r}")

@@ -20,11 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from workbench.engines.base import Engine
-from workbench.engines.batching import build_prefill_batch, to_logprob
+from workbench.engines.batching import build_prefill_batch
 from workbench.engines.buckets import pick_bucket, pow2_buckets, prompt_buckets
 from workbench.engines.decode_reads import DecodeReads
 from workbench.engines.model_runner import DecodeState, runner_for
+from workbench.engines.engine_core import mark_running
 from workbench.engines.request import Request, Sequence
+from workbench.engines.sampled_tokens import append_sampled, record_tokens
 from workbench.engines.types import Prompt, RequestOutput
 from workbench.loading.loader import LoadedModel
 from workbench.sampling_params import SamplingParams
@@ -169,6 +171,7 @@ class vInference(Engine):  # noqa: N801 - the engine's name
             return
         for req in {id(r): r for r, _ in live}.values():
             self.collector.on_scheduled(req.request_id)
+            mark_running(req)
         params = [s.params for _, s in live]
         B = pick_bucket(len(live), self.batch_buckets)
         lens = [len(r.prompt_ids) for r, _ in live]
@@ -245,18 +248,11 @@ class vInference(Engine):  # noqa: N801 - the engine's name
         """Feed a chunk of sampled tokens `[B, N]` to the host-side sequences."""
         touched = {}
         for i, (req, seq) in enumerate(live):
-            n_before = len(seq.output_ids)
-            for j in range(tokens.shape[1]):
-                tok = int(tokens[i, j])
-                if tok < 0 or seq.finished:
-                    break
-                lp = to_logprob(tok, logprobs[i, j], top_ids[i, j], top_lps[i, j],
-                                seq.params.top_logprobs) if seq.params.logprobs else None
-                seq.append(tok, lp)
-            if len(seq.output_ids) > n_before:
-                _, n = touched.get(id(req), (req, 0))
-                touched[id(req)] = (req, n + len(seq.output_ids) - n_before)
+            n = append_sampled(seq, tokens[i], logprobs[i], top_ids[i], top_lps[i])
+            if n:
+                _, m = touched.get(id(req), (req, 0))
+                touched[id(req)] = (req, m + n)
         for req, n in touched.values():
-            self.record_tokens(req, n)
+            record_tokens(self.collector, req, n)
             if req.finished:
                 self.collector.on_finish(req.request_id, req.finish_reason)

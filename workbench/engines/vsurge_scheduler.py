@@ -1,4 +1,5 @@
-"""vSurge's scheduler: waiting queue -> decode slots. Plain Python, no JAX.
+"""vSurge's scheduler: waiting queue -> decode slots, and the plan of each driver iteration. Plain
+Python, no JAX.
 
 NOTE: the one idea. Every iteration of the driver is "admit, prefill, decode": waiting requests
 are admitted into free decode slots (all `n` sequences of a request together), prefilled in
@@ -8,14 +9,23 @@ live slot. `interleaved_mode` bounds how much prefill work runs before the next 
   first token under a burst, at the price of a pause in running streams;
 - on: at most one prefill batch per iteration, alternating with decode steps: running streams keep
   a steady inter-token latency, new requests wait a little longer for their first token.
+
+The plan (`SchedulerOutput`) carries everything the device half (`vsurge_slots.SlotDevice`) needs:
+the prefill batches with their slots, and for the decode chunk the slot owners, the rows freed on
+the host since the last chunk (they stop computing), the moves that compact live slots to the
+front, and how many cached positions each live row can see. `update(plan, out)` hands the sampled
+tokens to the sequences and frees the slots of those that finished.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+from workbench.engines.buckets import pick_bucket, pow2_buckets
+from workbench.engines.engine_core import mark_running
 from workbench.engines.request import Request, Sequence
 from workbench.engines.request_queue import make_queue
+from workbench.engines.sampled_tokens import append_sampled
 from workbench.engines.slots import SlotTable
 from workbench.engines.types import EngineOverloadedError
 
@@ -28,16 +38,41 @@ class Assignment:
 
 
 @dataclasses.dataclass
+class DecodePlan:
+    """One decode chunk over the front rows that hold live slots."""
+
+    owners: list  # [num_slots] Assignment | None per slot, after the moves
+    stop_mask: list[bool] | None  # [num_slots] rows freed on the host stop computing (None: none)
+    moves: list[tuple[int, int]]  # (src, dst) slot moves, applied before the chunk
+    seen: list[int]  # per live row, the most cached positions it can see during the chunk
+
+
+@dataclasses.dataclass
 class SchedulerOutput:
     """The plan of one driver iteration."""
 
     prefill_batches: list[list[Assignment]]  # each batch runs as one padded prefill
-    decode: bool  # run one decode step over the live slots
+    decode: DecodePlan | None  # one decode chunk over the live slots, or none
+    events: list = dataclasses.field(default_factory=list)  # (request_id, event, info)
+
+    @property
+    def empty(self) -> bool:
+        return not self.prefill_batches and self.decode is None
+
+    num_steps: int = 1  # decode steps per chunk
+
+    @property
+    def num_tokens(self) -> int:
+        """Prompt tokens prefilled plus the decode chunk's row-steps (at most)."""
+        prompts = sum(len(a.request.prompt_ids) for b in self.prefill_batches for a in b)
+        rows = len(self.decode.seen) * self.num_steps if self.decode is not None else 0
+        return prompts + rows
 
 
 class VSurgeScheduler:
     def __init__(self, *, num_slots: int, max_concurrent_prefill: int, interleaved: bool,
-                 policy: str = "fcfs", max_waiting: int = 1024):
+                 policy: str = "fcfs", max_waiting: int = 1024, decode_steps: int = 1,
+                 row_buckets: tuple[int, ...] | None = None):
         if max_concurrent_prefill < 1:
             raise ValueError(f"max_concurrent_prefill must be >= 1, got {max_concurrent_prefill}")
         if max_waiting < 1:
@@ -47,7 +82,10 @@ class VSurgeScheduler:
         self.max_concurrent_prefill = max_concurrent_prefill
         self.interleaved = interleaved
         self.max_waiting = max_waiting
+        self.decode_steps = decode_steps
+        self.row_buckets = tuple(row_buckets or pow2_buckets(1, num_slots))  # decode batch sizes
         self.running: dict[str, Request] = {}
+        self._freed = False  # slots freed on the host since the last decode chunk
 
     @property
     def num_waiting(self) -> int:
@@ -56,6 +94,13 @@ class VSurgeScheduler:
     @property
     def num_running(self) -> int:
         return len(self.running)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.running or len(self.waiting))
+
+    def report(self, collector) -> None:
+        collector.set_slots(self.slots.num_used, self.slots.num_slots)
 
     def check_capacity(self, n: int, num_waiting: int | None = None) -> None:
         """Raise if a request with `n` sequences can never run or the queue is full.
@@ -90,7 +135,58 @@ class VSurgeScheduler:
             current.extend(assignments)
         if current:
             batches.append(current)
-        return SchedulerOutput(prefill_batches=batches, decode=bool(self.slots.num_used))
+        events = [(r.request_id, "scheduled", {}) for r, _ in admitted]
+        decode = self._plan_decode() if self.slots.num_used else None
+        return SchedulerOutput(prefill_batches=batches, decode=decode, events=events,
+                               num_steps=self.decode_steps)
+
+    def _plan_decode(self) -> DecodePlan:
+        owners = self.slots.snapshot()
+        stop_mask = [o is None for o in owners] if self._freed else None
+        self._freed = False
+        # When the live slots fit a smaller decode batch than the one their positions span
+        # (slots free up anywhere), move the stragglers to free slots at the front: a few live
+        # requests then decode as a small batch instead of paying for all slots.
+        live = [i for i, o in enumerate(owners) if o is not None]
+        moves = []
+        if live[-1] >= pick_bucket(len(live), self.row_buckets):
+            moves = self.slots.compact(pick_bucket(len(live), self.row_buckets))
+            owners = self.slots.snapshot()
+        # Read only the cached positions the live rows can see this iteration. Past the host's
+        # count, the device holds up to decode_steps + 1 unread tokens (a prefill's first token
+        # and the chunk in flight), and this chunk caches decode_steps - 1 more before its last
+        # step (each step's own token is attended fresh, not read from the cache).
+        ahead = 2 * self.decode_steps - 1
+        seen = [len(o.request.prompt_ids) + len(o.sequence.output_ids) + ahead
+                for o in owners if o is not None]
+        return DecodePlan(owners=owners, stop_mask=stop_mask, moves=moves, seen=seen)
+
+    def update(self, plan: SchedulerOutput, out) -> list[tuple[Request, int]]:
+        """Hand the sampled tokens of a dispatched plan to their sequences; `out` holds the
+        host copies: `prefills` (one `[P]` sampler output per batch) and `decode` (a chunk
+        `[B, N]`). Returns the requests that got tokens, with how many."""
+        touched: dict[int, tuple[Request, int]] = {}
+
+        def take(a: Assignment, tokens, lps, top_ids, top_lps) -> None:
+            n = append_sampled(a.sequence, tokens, lps, top_ids, top_lps)
+            if a.sequence.finished and self.free_sequence(a):
+                self._freed = True
+            if n:
+                _, m = touched.get(id(a.request), (a.request, 0))
+                touched[id(a.request)] = (a.request, m + n)
+
+        for batch, host in zip(plan.prefill_batches, out.prefills):
+            for i, a in enumerate(batch):
+                take(a, host.tokens[i:i + 1], host.logprobs[i:i + 1], host.top_ids[i:i + 1],
+                     host.top_logprobs[i:i + 1])
+        if plan.decode is not None:
+            host = out.decode
+            # row i of the chunk is the slot the owner held when it was dispatched
+            for i, a in enumerate(plan.decode.owners):
+                if a is not None:
+                    take(a, host.tokens[i], host.logprobs[i], host.top_ids[i],
+                         host.top_logprobs[i])
+        return list(touched.values())
 
     def _admit(self, limit: int | None) -> list[tuple[Request, list[Assignment]]]:
         """Pop requests from the queue head while their `n` sequences fit in free slots (and,
@@ -104,6 +200,7 @@ class VSurgeScheduler:
                 break
             self.waiting.pop()
             self.running[req.request_id] = req
+            mark_running(req)
             assignments = []
             for seq in req.sequences:
                 a = Assignment(req, seq, -1)
@@ -120,8 +217,10 @@ class VSurgeScheduler:
             return True
         return False
 
-    def finish_request(self, request_id: str) -> None:
+    def finish(self, request_id: str) -> None:
         self.running.pop(request_id, None)
+
+    finish_request = finish
 
     def abort(self, request_id: str) -> Request | None:
         """Remove a waiting request, or free the slots of a running one; returns it."""
@@ -134,4 +233,5 @@ class VSurgeScheduler:
         for slot, owner in self.slots.occupied():
             if owner.request is req:
                 self.slots.free(slot)
+        self._freed = True
         return req

@@ -1,7 +1,10 @@
 """vSurge's device half: the decode slots' KV cache and decode state, and the jitted calls on them.
 
 `SlotDevice` owns the arrays of `num_slots` decode slots (a contiguous KV cache of `num_slots` x
-`max_model_len` positions and the per-row `DecodeState`) and dispatches, never waits:
+`max_model_len` positions and the per-row `DecodeState`) and dispatches, never waits. It is the
+runner of vSurge's `EngineCore`: `execute(plan)` runs a `vsurge_scheduler.SchedulerOutput` (its
+prefills, then the decode chunk after the plan's stop mask and moves) through these calls, and
+`fetch` brings the sampled tokens to the host:
 
 - `prefill(batch)`: a padded prefill of a few admitted requests, written straight into their slots;
 - `decode(owners, seen)`: `decode_steps` steps over the front rows that hold live slots, reading
@@ -10,8 +13,8 @@
 - `stop_rows(mask)`: rows the host freed (stop strings, aborts) stop computing;
 - `precompile(...)`: every shape the above can take, on a scratch cache.
 
-What to run, and when, is the engine's business (`vsurge.py`): this module holds no queues and no
-requests, only `Assignment`s (request, sequence, slot) handed in by the driver.
+What to run, and when, is the scheduler's business (`vsurge_scheduler.py`): this module holds no
+queues and no requests, only `Assignment`s (request, sequence, slot) handed in by the plan.
 """
 
 from __future__ import annotations
@@ -28,11 +31,20 @@ from workbench.engines.batching import build_prefill_batch, top_logprob_width
 from workbench.engines.buckets import pick_bucket
 from workbench.engines.decode_reads import DecodeReads
 from workbench.engines.model_runner import ChunkOutput, DecodeState, ModelRunner
-from workbench.engines.vsurge_scheduler import Assignment
+from workbench.engines.vsurge_scheduler import Assignment, SchedulerOutput
 from workbench.loading.loader import delete_arrays
 from workbench.sampler import SamplerOutput
 from workbench.sampling_params import SamplingParams
 from workbench.sampling_tensors import PenaltyState, SamplingTensors
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class SlotOutput:
+    """What one plan produced: a sampler output `[P]` per prefill batch, a decode chunk `[B, N]`."""
+
+    prefills: list
+    decode: ChunkOutput | None
 
 
 class SlotDevice:
@@ -72,6 +84,25 @@ class SlotDevice:
     def free(self) -> None:
         delete_arrays(self.cache, self.state)
         self.cache = self.state = self._sampling = self._sampling_owners = None
+
+    # ---- the runner contract (engine_core.py) --------------------------------------------------
+    def execute(self, plan: SchedulerOutput) -> "SlotOutput":
+        """Dispatch a plan: its prefills, then its decode chunk (after the plan's stop mask and
+        slot moves). Nothing is waited for."""
+        prefills = [self.prefill(batch) for batch in plan.prefill_batches]
+        chunk = None
+        if plan.decode is not None:
+            if plan.decode.stop_mask is not None:
+                self.stop_rows(np.asarray(plan.decode.stop_mask))
+            if plan.decode.moves:
+                self.move(plan.decode.moves)
+            chunk = self.decode(plan.decode.owners, plan.decode.seen)
+        return SlotOutput(prefills=prefills, decode=chunk)
+
+    @staticmethod
+    def fetch(out: "SlotOutput") -> "SlotOutput":
+        """The plan's sampled tokens on the host (one transfer; blocks until they exist)."""
+        return jax.device_get(out)
 
     # ---- dispatches ------------------------------------------------------------------------------
     def prefill(self, batch: list[Assignment]) -> SamplerOutput:

@@ -25,6 +25,7 @@ from workbench.loading.checkpoint import CheckpointError, SafetensorsCheckpoint
 from workbench.loading.sources import ModelSourceError, resolve_source
 from workbench.models.config import ModelConfig, resolve_dtype
 from workbench.models.kv_cache import ContiguousKVCache
+from workbench.models.paged_kv_cache import PagedKVCache
 from workbench.models.registry import abstract_model, build_model, get_model_class
 from workbench.models.weights import hf_tensor_names, to_param
 from workbench.tokenizer import Tokenizer, load_tokenizer
@@ -75,6 +76,17 @@ class LoadedModel:
             c.num_hidden_layers, batch_size, max_len, c.num_key_value_heads, c.head_dim,
             dtype or self.dtype, sharding=sharding,
         )
+
+    def new_paged_cache(self, num_pages: int, page_size: int, dtype=None) -> PagedKVCache:
+        """A zeroed paged KV cache `[L, num_pages, page_size, Hkv, D]` (KV heads sharded over
+        tp like the params)."""
+        c = self.config
+        sharding = None
+        if self.mesh is not None:
+            sharding = shd.named_sharding(self.mesh, shd.cache_spec(c, self.mesh, PagedKVCache))
+        return PagedKVCache.create(c.num_hidden_layers, num_pages, page_size,
+                                   c.num_key_value_heads, c.head_dim, dtype or self.dtype,
+                                   sharding=sharding)
 
     def logits(self, input_ids, attention_mask=None) -> np.ndarray:
         """Float32 logits `[B, T, V]` for token ids `[B, T]`; left padding marked by `attention_mask`."""

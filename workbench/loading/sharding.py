@@ -72,11 +72,13 @@ def param_spec(path: tuple[str, ...], ndim: int, cfg: ModelConfig, tp: int) -> P
     return P(*((None,) * ndim))
 
 
-def cache_spec(cfg: ModelConfig, mesh: Mesh) -> P:
-    """Spec of a `[L, B, Hkv, S, D]` cache: batch over dp, KV heads over tp when they divide."""
-    tp = mesh.shape["tp"]
-    heads = "tp" if cfg.num_key_value_heads % tp == 0 else None
-    return P(None, "dp", heads, None, None)
+def cache_spec(cfg: ModelConfig, mesh: Mesh, cache_cls=None) -> P:
+    """Spec of a KV cache's key and value arrays, as the cache type says (`KVCache.
+    partition_spec`; default the contiguous `[L, B, Hkv, S, D]` cache: batch over dp, KV heads
+    over tp when they divide; the paged `[L, P, S, Hkv, D]` cache: pages over KV heads)."""
+    from workbench.models.kv_cache import ContiguousKVCache
+
+    return P(*(cache_cls or ContiguousKVCache).partition_spec(cfg, mesh.shape["tp"]))
 
 
 def describe_fallbacks(cfg: ModelConfig, tp: int) -> list[str]:

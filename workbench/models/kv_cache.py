@@ -1,14 +1,16 @@
-"""KV cache contract and the contiguous cache.
+"""KV cache contract (`KVCache`) and the contiguous cache; the paged cache is `paged_kv_cache.py`.
 
-A cache is a pytree passed through a forward pass. The contract is "read the past by position,
-write the present once":
-- inside the layer scan, attention layer l calls `cache.read(l)` and gets every cached key/value
-  with its position (the cache as it was before this forward pass);
+A cache is a pytree passed through a forward pass. The contract, declared by `KVCache` and
+implemented by both caches, is "attend to the past by position, write the present once":
+- before the layer scan, the model calls `cache.plan(positions)` (a cache may prepare its reads);
+- inside the scan, attention layer l calls `cache.attend(l, q, q_pos, fresh, ...)`: attention of
+  the queries over the cache as it was before this forward pass (every position before the
+  chunk's first) plus `fresh`, the current chunk's own keys and values;
 - after the scan, the model calls `cache.write(ks, vs, positions)` once with the new keys/values
   of all layers.
-Attention combines the cached block with the fresh keys of the current chunk (see
-`attention.attend`), so a decode step never copies or scatters the cache inside the layer loop;
-the only write is one small scatter of the new tokens into the donated buffer.
+So a step never copies or scatters the cache inside the layer loop; the only write is one small
+scatter of the new tokens into the donated buffer. Every cache also says how to build and shard
+it: `KVCache.partition_spec(cfg, mesh)` and `nbytes`.
 
 Decode can read ragged (`ContiguousKVCache.with_blocks`): the model first calls
 `cache.plan(positions)`, which lists, for every row, the blocks of `block_size` cached positions
@@ -19,10 +21,12 @@ belongs to. A batch of rows with mixed lengths costs the sum of their lengths, n
 Keys and values are head-major, `[..., Hkv, S, D]`: a layer's cache is already in the layout of
 the attention dots (see `attention.py`), so reads never transpose it.
 
-Both layouts fit:
-- `ContiguousKVCache` (vInference, vSurge): row b's token at position p lives at `[:, b, :, p]`.
-- a paged cache (eSurge): row b's token at position p lives in page `page_table[b, p // P]` at
-  offset `p % P`; `read` gathers the row's pages back into position order.
+Two layouts implement it:
+- `ContiguousKVCache` (vInference, vSurge): row b's token at position p lives at `[:, b, :, p]`;
+  it also has the slot operations vSurge needs (`with_rows`, `move_rows`) and the read modes of
+  `decode_reads.py` (`with_read_len`, `with_blocks`).
+- `PagedKVCache` (eSurge): a sequence's token at position p lives in page `page_ids[p // P]` at
+  offset `p % P`; attention loops over the pages each sequence holds (`paged_attention.py`).
 
 Positions are absolute (0 = first real token of the sequence). A position of -1 marks a pad token:
 it is never written and never visible. Attention masks come from positions alone (see
@@ -38,7 +42,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from workbench.models.attention import MASKED_POSITION
+from workbench.models.attention import MASKED_POSITION, attend, ragged_attention
 
 
 @jax.tree_util.register_dataclass
@@ -76,22 +80,36 @@ def blocks_needed(lengths, block_size: int) -> int:
 
 
 class KVCache(abc.ABC):
-    """What the model needs from a cache."""
-
-    blocks: "BlockPlan | None" = None  # set by `plan` when reads are ragged
+    """What the model needs from a cache (see the module docstring). Keys and values arrive as
+    `[B, T, Hkv, D]` per layer from the projections, queries as `[B, T, H, D]`."""
 
     def plan(self, positions: jnp.ndarray) -> "KVCache":
-        """Prepare this forward pass's reads for query positions `[B, T]`; a cache that reads
-        densely returns itself."""
+        """Prepare this forward pass's reads for query positions `[B, T]`; a cache that needs
+        nothing returns itself."""
         return self
 
     @abc.abstractmethod
-    def read(self, layer: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-        """Keys `[B, Hkv, S, D]`, values `[B, Hkv, S, D]` and key positions `[B, S]` of `layer`."""
+    def attend(self, layer: jnp.ndarray, q: jnp.ndarray, q_pos: jnp.ndarray, fresh: tuple, *,
+               backend: str, sliding_window: int | None) -> jnp.ndarray:
+        """Attention `[B, T, H, D]` of q `[B, T, H, D]` at positions `[B, T]` (-1 = pad) over the
+        cached past of `layer` (positions before each row's first query position) and `fresh`:
+        the chunk's keys `[B, Hkv, T, D]`, values `[B, Hkv, T, D]` and key positions `[B, T]`
+        (pads at MASKED_POSITION). Causal by position, optionally within `sliding_window`."""
 
     @abc.abstractmethod
     def write(self, ks: jnp.ndarray, vs: jnp.ndarray, positions: jnp.ndarray) -> "KVCache":
         """Store new keys/values `[L, B, T, Hkv, D]` at positions `[B, T]` (-1 = pad: skipped)."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def partition_spec(cfg, tp: int) -> tuple:
+        """Axis names of the key and value arrays for a mesh with `tp` tensor-parallel devices:
+        KV heads over "tp" when they divide by it, else replicated."""
+
+    @property
+    def nbytes(self) -> int:
+        """Device bytes of the keys and values."""
+        return int(self.k.nbytes + self.v.nbytes)
 
 
 @jax.tree_util.register_dataclass
@@ -111,6 +129,23 @@ class ContiguousKVCache(KVCache):
     read_blocks: int | None = dataclasses.field(default=None, metadata=dict(static=True))
     block_size: int = dataclasses.field(default=64, metadata=dict(static=True))
     blocks: BlockPlan | None = None
+
+    @staticmethod
+    def partition_spec(cfg, tp: int) -> tuple:
+        heads = "tp" if cfg.num_key_value_heads % tp == 0 else None
+        return (None, "dp", heads, None, None)  # [L, B, Hkv, S, D]: batch over dp
+
+    def attend(self, layer, q, q_pos, fresh, *, backend, sliding_window):
+        if self.blocks is not None:
+            # ragged: each row reads only the cached blocks it can see
+            return ragged_attention(q, q_pos, self.read_ragged(layer), fresh,
+                                    sliding_window=sliding_window)
+        ck, cv, c_pos = self.read(layer)
+        # The cache holds the past: entries at or after the chunk's first position are stale (or
+        # about to be overwritten by this chunk) and stay hidden.
+        start = jnp.min(jnp.where(q_pos >= 0, q_pos, MASKED_POSITION), axis=1)
+        past = (ck, cv, jnp.where(c_pos < start[:, None], c_pos, MASKED_POSITION))
+        return attend(backend, q, [past, fresh], q_pos, sliding_window=sliding_window)
 
     @classmethod
     def create(cls, num_layers, batch_size, max_len, num_kv_heads, head_dim, dtype, sharding=None):

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from workbench.models.attention import MASKED_POSITION, attend, ragged_attention
+from workbench.models.attention import attend
 from workbench.models.config import ModelConfig
 from workbench.models.kv_cache import KVCache, fresh_key_positions
 from workbench.models.rope import apply_rope, inv_frequencies, rope_cos_sin
@@ -62,21 +62,13 @@ class Attention(nnx.Module):
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        # the current chunk, head-major like the cache: [B, Hkv, T, D]
+        # the current chunk, head-major like the contiguous cache: [B, Hkv, T, D]
         fresh = (k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), fresh_key_positions(positions))
-        if cache is not None and attend_cache and cache.blocks is not None:
-            # ragged: each row reads only the cached blocks it can see (see kv_cache.py)
-            out = ragged_attention(q, positions, cache.read_ragged(layer), fresh,
-                                   sliding_window=self.sliding_window)
-            return self.o_proj(out.reshape(B, T, H * D)), (k, v)
-        blocks = [fresh]
-        if cache is not None and attend_cache:
-            ck, cv, c_pos = cache.read(layer)
-            # The cache holds the past: entries at or after the chunk's first position are stale
-            # (or about to be overwritten by this chunk) and stay hidden.
-            start = jnp.min(jnp.where(positions >= 0, positions, MASKED_POSITION), axis=1)
-            blocks.insert(0, (ck, cv, jnp.where(c_pos < start[:, None], c_pos, MASKED_POSITION)))
-        out = attend(backend, q, blocks, positions, sliding_window=self.sliding_window)
+        if cache is not None and attend_cache:  # the past, by the cache's own reads
+            out = cache.attend(layer, q, positions, fresh, backend=backend,
+                               sliding_window=self.sliding_window)
+        else:
+            out = attend(backend, q, [fresh], positions, sliding_window=self.sliding_window)
         return self.o_proj(out.reshape(B, T, H * D)), (k, v)  # [B, T, D], new keys/values
 
 

@@ -10,6 +10,9 @@ Routes:
     POST /tokenize              {model?, prompt | messages, add_special_tokens?} ->
                                 {tokens, count, max_model_len}
     POST /detokenize            {model?, tokens} -> {prompt}
+    POST /reset_prefix_cache    ?model=name (default: every engine with a prefix cache) ->
+                                {"reset": {served name: pages uncached}}; guarded by the API key
+                                like every route but /health
 
 `engines`: one engine (served as `engine.model.name`) or {served model name: engine}; a request's
 `model` picks one (optional with a single model; unknown -> 404 "model_not_found").
@@ -47,9 +50,9 @@ from workbench.server.serving import create_chat_completion, create_completion
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def create_app(engines: Any, *, api_key: str | None = None, max_body_bytes: int = 1_000_000,
-               stop_engines: bool | None = None, title: str = "workbench",
-               request_log: collections.deque | None = None) -> FastAPI:
+def create_app(engines: Any, *, api_key: str | dict[str, str] | None = None,
+               max_body_bytes: int = 1_000_000, stop_engines: bool | None = None,
+               title: str = "workbench", request_log: collections.deque | None = None) -> FastAPI:
     """Build the FastAPI app; see the module docstring."""
     served = ServedModels(engines, stop_engines=stop_engines)
     served.warn_metric_clashes()
@@ -128,6 +131,23 @@ def create_app(engines: Any, *, api_key: str | None = None, max_body_bytes: int 
         if bad:
             raise bad_request(f"token ids must be in [0, {vocab}), got {bad[:5]}", "tokens")
         return JSONResponse({"prompt": engine.tokenizer.decode(body.tokens)})
+
+    @app.post("/reset_prefix_cache")
+    async def reset_prefix_cache(model: str | None = None) -> JSONResponse:
+        if model is not None:
+            name, engine = served.resolve(model)
+            if not hasattr(engine, "reset_prefix_cache"):
+                raise bad_request(f"the model '{name}' has no prefix cache (its engine is "
+                                  f"{getattr(engine, 'engine_name', '?')})", "model")
+            targets = {name: engine}
+        else:
+            targets = {n: e for n, e in served.engines.items() if hasattr(e, "reset_prefix_cache")}
+            if not targets:
+                raise bad_request("no served model has a prefix cache (eSurge has one)")
+        done: dict[str, int] = {}
+        for name, engine in targets.items():
+            done[name] = await asyncio.to_thread(engine.reset_prefix_cache)
+        return JSONResponse({"reset": done})
 
     app.add_middleware(BodySizeLimit, max_body_bytes=max_body_bytes)
     if api_key is not None:

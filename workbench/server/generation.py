@@ -45,8 +45,14 @@ class Generation:
 
     def __init__(self, engine: Any, prompts: list[PreparedPrompt], params: SamplingParams,
                  request_id: str, *, known_params: frozenset[str] = frozenset(),
-                 active: ActiveGenerations | None = None):
+                 active: ActiveGenerations | None = None, priority: int = 0,
+                 tenant: str | None = None):
         self.engine = engine
+        # what the engine schedules by: a priority (checked by `params.check_priority`), and a
+        # tenant for engines that schedule by tenant
+        self._schedule_kwargs: dict[str, Any] = {"priority": priority} if priority else {}
+        if tenant is not None and getattr(engine, "supports_tenants", False):
+            self._schedule_kwargs["tenant"] = tenant
         self._active = active
         self.prompts = prompts
         self.params = params
@@ -65,7 +71,7 @@ class Generation:
         try:
             stream = self.engine.astream(prompt.ids, self.params,
                                          request_id=self._engine_request_id(index),
-                                         prompt_text=prompt.text)
+                                         prompt_text=prompt.text, **self._schedule_kwargs)
             async with contextlib.aclosing(stream):
                 async for out in stream:
                     self._queue.put_nowait((index, out))

@@ -121,7 +121,8 @@ class ServerHandle:
         return f"ServerHandle({self.url}, {state})"
 
 
-def serve(engines: Any, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None,
+def serve(engines: Any, host: str = "127.0.0.1", port: int = 0,
+          api_key: str | dict[str, str] | None = None,
           timeout: float = 30.0, *, log_level: str = "warning", **app_kwargs: Any) -> ServerHandle:
     """Start the server in a background thread; see the module docstring."""
     if isinstance(engines, FastAPI):

@@ -9,6 +9,9 @@ disconnects still reach the app.
 
 `APIKeyAuth(app, api_key, open_paths)`: every path but `open_paths` needs
 `Authorization: Bearer <api_key>`, compared in constant time (`hmac.compare_digest`); else 401.
+`api_key` is one key, or {name: key} for several named keys: every key is compared (the time does
+not tell which matched), and the name of the one that did is put in the request state as
+`api_key_name` (eSurge schedules by it: a tenant per key).
 """
 
 from __future__ import annotations
@@ -107,11 +110,15 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 class APIKeyAuth:
     """401 unless `Authorization: Bearer <api_key>` (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp, api_key: str, open_paths: tuple[str, ...] = ("/health",)):
-        if not isinstance(api_key, str) or not api_key:
-            raise ValueError("api_key must be a non-empty string")
+    def __init__(self, app: ASGIApp, api_key: str | dict[str, str],
+                 open_paths: tuple[str, ...] = ("/health",)):
+        keys = api_key if isinstance(api_key, dict) else {None: api_key}
+        if not keys or not all(isinstance(k, str) and k for k in keys.values()):
+            raise ValueError("api_key must be a non-empty string or a non-empty dict of them")
+        if isinstance(api_key, dict) and not all(isinstance(n, str) and n for n in keys):
+            raise ValueError("API key names must be non-empty strings")
         self.app = app
-        self._expected = f"Bearer {api_key}".encode()
+        self._expected = [(name, f"Bearer {key}".encode()) for name, key in keys.items()]
         self.open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -119,11 +126,15 @@ class APIKeyAuth:
             await self.app(scope, receive, send)
             return
         given = _header(scope, b"authorization") or b""
-        if not hmac.compare_digest(given, self._expected):
+        matched = [name for name, expected in self._expected
+                   if hmac.compare_digest(given, expected)]  # every key, always
+        if not matched:
             missing = not given
             await _send_error(send, APIError(
                 401, "Missing API key: send 'Authorization: Bearer <key>'" if missing
                 else "Incorrect API key provided", code="invalid_api_key",
                 headers={"WWW-Authenticate": "Bearer"}))
             return
+        if matched[0] is not None:
+            scope.setdefault("state", {})["api_key_name"] = matched[0]
         await self.app(scope, receive, send)

@@ -100,6 +100,27 @@ def chat_params(body: ChatCompletionRequest, prompt: PreparedPrompt,
     return build_params(kwargs, CHAT_PARAMS, {"max_tokens": name})
 
 
+def check_priority(engine: Any, priority: int | None) -> int:
+    """The request's priority (0 when absent); a 400 for a non-default value on an engine that
+    cannot honour it (no priority policy), instead of ignoring it."""
+    if not priority:
+        return 0
+    if not getattr(engine, "supports_priority", False):
+        name = getattr(engine, "engine_name", type(engine).__name__)
+        raise bad_request(
+            f"priority {priority} cannot be honoured: this model's engine ({name}) does not "
+            "schedule by priority (vsurge and esurge do with scheduling_policy='priority')",
+            "priority", "unsupported_parameter")
+    return priority
+
+
+def tenant_of(body: Any, request: Any) -> str | None:
+    """Who sent the request: the OpenAI `user` field, else the name of the API key used."""
+    if body.user:
+        return body.user
+    return getattr(request.state, "api_key_name", None)
+
+
 def validate_with_engine(engine: Any, prompts: list[PreparedPrompt], params: SamplingParams,
                          known: frozenset[str]) -> None:
     """Run the engine's own request checks on every prompt (no work is scheduled)."""

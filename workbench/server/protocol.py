@@ -73,7 +73,10 @@ class _SamplingRequest(_Body):
     ignore_eos: bool | None = None
     min_tokens: int | None = None
     skip_special_tokens: bool | None = None
-    user: str | None = Field(None, description="accepted for compatibility, unused")
+    user: str | None = Field(None, description="the tenant (eSurge's multi-tenant scheduling); "
+                             "other engines accept it and ignore it, as OpenAI's API allows")
+    priority: int | None = Field(None, description="vLLM extension: lower runs first (engines "
+                                 "with a priority policy; others reject a value other than 0)")
 
     @field_validator("stream_options")
     @classmethod

@@ -21,7 +21,8 @@ from workbench.server import responses as fmt
 from workbench.server.errors import APIError, bad_request
 from workbench.server.generation import ActiveGenerations, Generation, PreparedPrompt
 from workbench.server.params import (CHAT_PARAMS, COMPLETION_PARAMS, chat_params,
-                                     completion_params, tokenize_prompts, validate_with_engine)
+                                     check_priority, completion_params, tenant_of,
+                                     tokenize_prompts, validate_with_engine)
 from workbench.server.protocol import ChatCompletionRequest, CompletionRequest
 from workbench.server.streaming import (SSE_DONE, ClientDisconnected, SSEResponse,
                                         cancel_on_disconnect, sse)
@@ -86,12 +87,14 @@ async def create_completion(request: Request, body: CompletionRequest, model: st
     prompts = tokenize_prompts(engine, body.prompts)
     params = completion_params(body, prompts, engine.max_model_len)
     validate_with_engine(engine, prompts, params, COMPLETION_PARAMS)
+    priority = check_priority(engine, body.priority)
     if body.echo:
         for p in prompts:
             if p.text is None:
                 p.text = engine.tokenizer.decode(p.ids) if engine.tokenizer is not None else ""
     gen = Generation(engine, prompts, params, fmt.new_id("cmpl"), known_params=COMPLETION_PARAMS,
-                     active=_active(request))
+                     active=_active(request), priority=priority,
+                     tenant=tenant_of(body, request))
     n, want_lps = params.n, body.logprobs is not None
 
     def build(outs: list[Any]) -> dict[str, Any]:
@@ -145,8 +148,10 @@ async def create_chat_completion(request: Request, body: ChatCompletionRequest, 
     prompt = PreparedPrompt(list(ids), text)
     params = chat_params(body, prompt, engine.max_model_len)
     validate_with_engine(engine, [prompt], params, CHAT_PARAMS)
+    priority = check_priority(engine, body.priority)
     gen = Generation(engine, [prompt], params, fmt.new_id("chatcmpl"), known_params=CHAT_PARAMS,
-                     active=_active(request))
+                     active=_active(request), priority=priority,
+                     tenant=tenant_of(body, request))
 
     def build(outs: list[Any]) -> dict[str, Any]:
         choices = [fmt.chat_choice(o.index, o, fmt.chat_logprobs(o.logprobs or [], token_text)
