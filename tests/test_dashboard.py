@@ -1,7 +1,7 @@
 """The Panel dashboard in a real browser (Debian chromium driven by Python playwright), served from
 this test process: no console errors and no request leaving 127.0.0.1; load the model, add two
 engines, compare (text seen growing while it streams; identical badges), a metrics chart gaining
-points during a load, the Server tab's URL answering; errors shown in the page; two browser tabs
+points during a load, an eSurge page map and request timeline, the Server tab's URL answering; errors shown in the page; two browser tabs
 comparing at once without mixing their runs. A screenshot per tab is saved (set
 $WORKBENCH_SCREENSHOTS to a directory to keep them, e.g. docs/screenshots for the README)."""
 
@@ -236,6 +236,24 @@ def test_a_metrics_chart_gains_points_during_a_load(page, tmp_path):
         ".filter(x => !isNaN(x)))")
     assert peak > 0
     page.shot(tmp_path, "metrics")
+
+
+def test_the_esurge_page_map_and_a_request_timeline(page, dashboard, tmp_path):
+    from workbench.sampling_params import SamplingParams
+
+    wb, _ = dashboard
+    wb.add_engine("es", "esurge", max_model_len=256, num_pages=64)
+    try:
+        wb.engines["es"].generate(["The sea is"], SamplingParams(max_tokens=8))
+        page.tab("Metrics")
+        page.wait_text(".wb-kv-engine", "es")
+        page.page.locator(".wb-kv-engine select").select_option("es")
+        page.wait_text(".wb-page-map-pane", "64 pages of 16 tokens")
+        assert page.page.locator(".wb-page-map-pane rect[data-state=cached]").count() >= 1
+        page.wait_text(".wb-timeline-pane", "finished")
+        page.shot(tmp_path, "pages")
+    finally:
+        wb.remove_engine("es")
 
 
 def test_server_tab_url_answers(page, dashboard, tmp_path):

@@ -24,8 +24,9 @@ def add_dashboard_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--model", default="embedded",
                    help="model to load at start: 'embedded' (default), a local HF directory, a "
                         ".gguf file, a hub id, or 'none' to load from the page")
-    p.add_argument("--engines", default="vinference,vsurge",
-                   help="engines to build at start, comma-separated (default vinference,vsurge; "
+    p.add_argument("--engines", default="vinference,vsurge,esurge",
+                   help="engines to build at start, comma-separated (default "
+                        "vinference,vsurge,esurge; "
                         "'' for none); sized to share a small machine")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
     p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")

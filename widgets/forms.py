@@ -124,3 +124,13 @@ def parse_prompts(text: str) -> list[str]:
     if not prompts:
         raise ValueError("enter at least one prompt (one per line)")
     return prompts
+
+
+def set_options(select, options: list) -> None:
+    """Give a single-choice widget (ipywidgets Dropdown or Panel Select: both have `.options`
+    and `.value`) new options, keeping the selection when it is still there (else the first)."""
+    if list(select.options) == list(options):
+        return
+    keep = select.value if select.value in options else (options[0] if options else None)
+    select.options = list(options)
+    select.value = keep

@@ -31,6 +31,8 @@ __all__ = ["Dashboard", "DashboardHandle", "create_dashboard", "serve_dashboard"
 DASHBOARD_ENGINES = {
     "vinference": {"max_batch_size": 8, "max_model_len": 1024},
     "vsurge": {"max_concurrent_decodes": 8, "max_model_len": 1024},
+    # ~256 MB of pages (5,700 tokens on SmolLM2-135M), shared by up to 8 sequences
+    "esurge": {"max_num_seqs": 8, "max_model_len": 1024, "kv_cache_memory": "256MiB"},
 }
 
 _shared = None

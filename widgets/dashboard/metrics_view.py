@@ -4,7 +4,9 @@
 Each engine has one `ColumnDataSource` (named `metrics-<engine>`, so the page and tests can find
 it) fed by `tick()`, which the dashboard calls from a periodic callback on the session's own event
 loop: `source.stream(new samples, rollover=...)` sends only the new points to the browser. An
-engine added later gets its lines on the next tick; a removed one's lines are hidden.
+engine added later gets its lines on the next tick; a removed one's lines are hidden. Below the
+charts, for a chosen engine: its KV page map (eSurge) and a chosen request's timeline, redrawn by
+the same tick (once a second) and when a choice changes.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
 from widgets.dashboard.common import StatusLine
+from widgets.forms import set_options
 from widgets.state.metrics import MetricsState
 
 ROLLOVER = 600  # points per engine kept in the browser (5 minutes at 2 Hz)
@@ -61,6 +64,15 @@ class MetricsPanel(pn.viewable.Viewer):
                                                  end=1000, width=140,
                                                  css_classes=["wb-load-requests"])
         self.load_button.on_click(lambda _: self.state.send_load(self.load_requests.value))
+        self.engine = pn.widgets.Select(name="engine", options=[], width=160,
+                                        css_classes=["wb-kv-engine"])
+        self.request = pn.widgets.Select(name="request", options=[], width=320,
+                                         css_classes=["wb-kv-request"])
+        self.page_map = pn.pane.HTML("", css_classes=["wb-page-map-pane"])
+        self.timeline = pn.pane.HTML("", css_classes=["wb-timeline-pane"])
+        self.engine.param.watch(lambda _: self.draw_requests(), "value")
+        self.request.param.watch(lambda _: self.draw_requests(), "value")
+        self._drawing = False
         self.ticks = 0
         self.refresh()
 
@@ -101,6 +113,26 @@ class MetricsPanel(pn.viewable.Viewer):
                 for r in lines:
                     r.visible = False
         self.ticks += 1
+        if self.ticks % 2 == 0:  # the dashboard ticks at 2 Hz: pages and timeline once a second
+            self.draw_requests()
+
+    def draw_requests(self) -> None:
+        """The engine and request choices, the page map and the chosen request's timeline."""
+        if self._drawing:  # a choice changed by the lines below calls back here
+            return
+        self._drawing = True
+        try:
+            set_options(self.engine, self.state.timeline_engines())
+            set_options(self.request, self.state.request_choices(self.engine.value))
+            for pane, text in (
+                    (self.page_map, self.state.page_map_html(self.engine.value,
+                                                             self.request.value)),
+                    (self.timeline, self.state.timeline_html(self.engine.value,
+                                                             self.request.value))):
+                if pane.object != text:
+                    pane.object = text
+        finally:
+            self._drawing = False
 
     def refresh(self) -> None:
         """An engine was added or removed: give it lines (data comes with the next tick)."""
@@ -111,7 +143,10 @@ class MetricsPanel(pn.viewable.Viewer):
         for name, lines in self.renderers.items():
             for r in lines:
                 r.visible = name in engines
+        self.draw_requests()
 
     def __panel__(self):
         return pn.Column(pn.Row(self.load_requests, self.load_button, self.status.pane),
-                         pn.GridBox(*[pn.pane.Bokeh(f) for f in self.figures], ncols=2))
+                         pn.GridBox(*[pn.pane.Bokeh(f) for f in self.figures], ncols=2),
+                         pn.pane.HTML("<b>Requests and KV pages</b>"),
+                         pn.Row(self.engine, self.request), self.page_map, self.timeline)

@@ -1,6 +1,6 @@
 """`panel serve widgets/dashboard/serve.py`: the dashboard over the process's shared workbench.
 
-    WORKBENCH_MODEL=embedded WORKBENCH_ENGINES=vinference,vsurge \
+    WORKBENCH_MODEL=embedded WORKBENCH_ENGINES=vinference,vsurge,esurge \
         panel serve widgets/dashboard/serve.py
 """
 

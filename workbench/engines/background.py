@@ -72,6 +72,10 @@ class BackgroundEngine(Engine):
         num_generated_tokens). The last 1000 requests are kept; KeyError for others."""
         return self.core.timeline.get(request_id)
 
+    def timeline_requests(self) -> list[str]:
+        """Ids of the requests `timeline()` knows, oldest first."""
+        return self.core.timeline.request_ids()
+
     # ---- submission -----------------------------------------------------------------------------
     def submit(self, prompt: Prompt, sampling_params: SamplingParams | None = None, *,
                request_id: str | None = None, priority: int = 0, prompt_text: str | None = None,
