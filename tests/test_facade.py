@@ -229,7 +229,7 @@ bench = wb.Workbench()
 view = ModelView(bench)
 assert list(view.tp.options) == [1, 2, 4] and view.tp.layout.display == "", view.tp.options
 view.tp.value = 2
-view._load({tiny_checkpoints["llama"][0]!r}, "float32")
+view.state._load({tiny_checkpoints["llama"][0]!r}, "float32", view.tp.value)
 assert bench.model_info()["mesh"] == {{"dp": 1, "tp": 2}}, bench.model_info()["mesh"]
 assert len(bench.devices()) == 4
 bench.add_engine("vs", "vsurge", max_concurrent_decodes=2, max_model_len=64)

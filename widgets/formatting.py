@@ -13,7 +13,8 @@ from __future__ import annotations
 import html
 import json
 import math
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 TABLE_CSS = ("border-collapse:collapse;font-size:12px;font-family:system-ui,sans-serif;"
              "margin:4px 0")

@@ -15,7 +15,8 @@ bad value raises ValueError naming the field, which the view shows in the page.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from workbench.engines.catalog import engine_knobs
 from workbench.sampling_params import SamplingParams

@@ -6,7 +6,7 @@ and `compare_grid_html(...)` for the whole table (the ipywidgets view)."""
 from __future__ import annotations
 
 import html
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from widgets.formatting import CELL, TABLE_CSS, fmt
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 logger = logging.getLogger("widgets")
 
@@ -33,7 +34,7 @@ class Tasks:
         def target():
             try:
                 fn(*args)
-            except Exception as e:  # noqa: BLE001 - shown in the page, never a dead view
+            except Exception as e:
                 logger.debug("%s task failed", self.name, exc_info=True)
                 self.on_error(f"{type(e).__name__}: {e}" if not isinstance(e, ValueError)
                               else str(e))
@@ -81,7 +82,7 @@ class Ticker:
         while not self._stop.wait(self.interval):
             try:
                 self.fn()
-            except Exception:  # noqa: BLE001 - a redraw that fails must not end the ticker
+            except Exception:
                 logger.debug("ticker failed", exc_info=True)
 
     def stop(self) -> None:

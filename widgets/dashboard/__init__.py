@@ -23,8 +23,16 @@ import panel as pn
 
 from widgets.dashboard.app import SESSIONS, TABS, Dashboard
 
-__all__ = ["Dashboard", "DashboardHandle", "create_dashboard", "serve_dashboard",
-           "shared_workbench", "SESSIONS", "TABS", "DASHBOARD_ENGINES"]
+__all__ = [
+    "DASHBOARD_ENGINES",
+    "SESSIONS",
+    "TABS",
+    "Dashboard",
+    "DashboardHandle",
+    "create_dashboard",
+    "serve_dashboard",
+    "shared_workbench",
+]
 
 # Engines the CLI builds by default, sized to share a 2-core, 24 GB machine with a browser and
 # the test suite: ~380 MB of float32 KV cache for vSurge on SmolLM2-135M, vInference's per batch.

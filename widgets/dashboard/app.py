@@ -26,7 +26,7 @@ from widgets.dashboard.server_view import ServerPanel
 TABS = ("Model", "Engines", "Playground", "Compare", "Metrics", "Server", "Bench")
 TICK_MS = 500
 
-SESSIONS: "weakref.WeakSet[Dashboard]" = weakref.WeakSet()  # live sessions (tests read it)
+SESSIONS: weakref.WeakSet[Dashboard] = weakref.WeakSet()  # live sessions (tests read it)
 
 
 class Dashboard:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import panel as pn
 
-from widgets.dashboard.common import StatusLine, sync_engines
+from widgets.dashboard.common import OnSession, StatusLine, sync_engines
 from widgets.state.bench import BenchState
 
 
@@ -14,7 +14,7 @@ class BenchPanel(pn.viewable.Viewer):
         super().__init__(**params)
         self.wb = wb
         self.status = StatusLine("bench")
-        self.state = BenchState(wb, self.status.show, self.redraw)
+        self.state = BenchState(wb, self.status.show, OnSession(self.redraw))
         self.engines = pn.widgets.MultiChoice(name="engines", options=[], width=300)
         self.via = pn.widgets.Select(name="via", options=["direct", "http"], value="direct",
                                      width=100)

@@ -1,27 +1,72 @@
 """Pieces the Panel views share: a status pane (the callback tab states report to), sampling
 widgets from `forms.SAMPLING_FIELDS`, and engine selectors kept in step with the workbench.
 
-Threads: tab states run their work in background tasks and call their view's redraw from there;
-setting a Panel widget's `.value` or a pane's `.object` from that thread is safe (Panel schedules
-the change on the session's event loop). Bokeh data sources are only changed from periodic
-callbacks (the session's own loop).
+Threads: tab states run their work in background tasks and call their view back from there. Those
+callbacks go through `OnSession`, which runs them on the session's event loop: Panel would
+schedule each property change from a thread by itself, but a redraw that replaces children (the
+Compare grid) while other changes are in flight can reach the browser out of order ("reference
+pNNNN isn't known"). Bokeh data sources are only changed from periodic callbacks (the session's
+own loop).
 """
 
 from __future__ import annotations
 
-import panel as pn
+import logging
+import threading
 
-from widgets.forms import SAMPLING_FIELDS
+import panel as pn
+from panel.io.state import set_curdoc
+
 from widgets.formatting import status_html
+from widgets.forms import SAMPLING_FIELDS
+
+logger = logging.getLogger("widgets")
+
+
+class OnSession:
+    """`fn` called on the Bokeh session's event loop. Made while a session is being built (a view's
+    constructor); called from the loop's thread, or with no session (a test, a notebook), it runs
+    at once; called from another thread it is scheduled with `doc.add_next_tick_callback` (the one
+    Document method Bokeh allows from other threads). Calls are coalesced: while one is pending,
+    later calls only replace its arguments (a redraw draws the latest state anyway)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.doc = pn.state.curdoc
+        self.thread = threading.get_ident()
+        self._lock = threading.Lock()
+        self._pending: tuple | None = None
+
+    def __call__(self, *args, **kwargs) -> None:
+        doc = self.doc
+        if doc is None or doc.session_context is None or threading.get_ident() == self.thread:
+            self.fn(*args, **kwargs)
+            return
+        with self._lock:
+            scheduled = self._pending is not None
+            self._pending = (args, kwargs)
+        if not scheduled:
+            try:
+                doc.add_next_tick_callback(self._run)
+            except Exception:  # noqa: BLE001 - the session is gone: nothing left to draw
+                logger.debug("session closed; %s not drawn", self.fn, exc_info=True)
+
+    def _run(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, None
+        args, kwargs = pending or ((), {})
+        with set_curdoc(self.doc):
+            self.fn(*args, **kwargs)
 
 
 class StatusLine:
-    """A status pane; `show(text, error)` is the callback tab states report to."""
+    """A status pane; `show(text, error)` is the callback tab states report to (from any thread)."""
 
     def __init__(self, name: str):
         self.pane = pn.pane.HTML("", css_classes=[f"wb-status-{name}"], min_height=20)
+        self.show = OnSession(self._show)
 
-    def show(self, text: str, error: bool = False) -> None:
+    def _show(self, text: str, error: bool = False) -> None:
         self.pane.object = status_html(text, error=error)
 
 

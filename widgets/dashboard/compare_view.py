@@ -13,7 +13,13 @@ import html
 
 import panel as pn
 
-from widgets.dashboard.common import StatusLine, sampling_widgets, sync_engines, values
+from widgets.dashboard.common import (
+    OnSession,
+    StatusLine,
+    sampling_widgets,
+    sync_engines,
+    values,
+)
 from widgets.forms import PRESET_PROMPTS
 from widgets.state.compare import CompareState
 
@@ -25,7 +31,7 @@ class ComparePanel(pn.viewable.Viewer):
         super().__init__(**params)
         self.wb = wb
         self.status = StatusLine("compare")
-        self.state = CompareState(wb, self.status.show, self.redraw, max_rate=REDRAWS_PER_S)
+        self.state = CompareState(wb, self.status.show, OnSession(self.redraw), max_rate=REDRAWS_PER_S)
         self.prompts = pn.widgets.TextAreaInput(name="prompts (one per line)", height=100,
                                                 value="\n".join(PRESET_PROMPTS[:2]),
                                                 sizing_mode="stretch_width",

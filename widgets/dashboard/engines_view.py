@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import panel as pn
 
-from widgets.dashboard.common import StatusLine, sync_engines
+from widgets.dashboard.common import OnSession, StatusLine, sync_engines
 from widgets.state.engines import EnginesState
 
 
@@ -14,7 +14,7 @@ class EnginesPanel(pn.viewable.Viewer):
         super().__init__(**params)
         self.wb = wb
         self.status = StatusLine("engines")
-        self.state = EnginesState(wb, self.status.show, self.redraw)
+        self.state = EnginesState(wb, self.status.show, OnSession(self.redraw))
         kinds = list(self.state.kinds())
         self.kind = pn.widgets.Select(name="kind", options=kinds, value=kinds[0], width=150,
                                       css_classes=["wb-kind"])

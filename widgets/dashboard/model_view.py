@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import panel as pn
 
-from widgets.dashboard.common import StatusLine
+from widgets.dashboard.common import OnSession, StatusLine
 from widgets.state.model import ModelState
 
 
@@ -14,7 +14,7 @@ class ModelPanel(pn.viewable.Viewer):
         super().__init__(**params)
         self.wb = wb
         self.status = StatusLine("model")
-        self.state = ModelState(wb, self.status.show, self.redraw)
+        self.state = ModelState(wb, self.status.show, OnSession(self.redraw))
         tp = self.state.tp_options()
         self.source = pn.widgets.TextInput(name="model", value="embedded", width=380,
                                            css_classes=["wb-model-source"],

@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import panel as pn
 
-from widgets.dashboard.common import StatusLine, sampling_widgets, sync_engines, values
+from widgets.dashboard.common import (
+    OnSession,
+    StatusLine,
+    sampling_widgets,
+    sync_engines,
+    values,
+)
 from widgets.state.playground import PlaygroundState
 
 
@@ -15,7 +21,7 @@ class PlaygroundPanel(pn.viewable.Viewer):
         super().__init__(**params)
         self.wb = wb
         self.status = StatusLine("playground")
-        self.state = PlaygroundState(wb, self.status.show, self.redraw)
+        self.state = PlaygroundState(wb, self.status.show, OnSession(self.redraw))
         self.engine = pn.widgets.Select(name="engine", options=[], width=180)
         self.mode = pn.widgets.RadioButtonGroup(options=["chat", "completion"], value="chat",
                                                 align="end")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import panel as pn
 
-from widgets.dashboard.common import StatusLine, sync_engines
+from widgets.dashboard.common import OnSession, StatusLine, sync_engines
 from widgets.state.server import ServerState
 
 
@@ -15,7 +15,7 @@ class ServerPanel(pn.viewable.Viewer):
         super().__init__(**params)
         self.wb = wb
         self.status = StatusLine("server")
-        self.state = ServerState(wb, self.status.show, self.redraw)
+        self.state = ServerState(wb, self.status.show, OnSession(self.redraw))
         self.engines = pn.widgets.MultiChoice(name="serve", options=[], width=300)
         self.host = pn.widgets.TextInput(name="host", value="127.0.0.1", width=150)
         self.port = pn.widgets.IntInput(name="port (0: any free)", value=0, start=0, end=65535,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import ipywidgets as w
 
-from widgets.forms import SAMPLING_FIELDS
 from widgets.formatting import status_html
+from widgets.forms import SAMPLING_FIELDS
 
 WIDE = w.Layout(width="98%")
 

@@ -3,7 +3,7 @@ background tasks its actions run in."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from widgets.tasks import Tasks
 

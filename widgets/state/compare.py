@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import threading
 
-from widgets.forms import parse_prompts, sampling_params
 from widgets.formatting import agreement_badge, html_table
+from widgets.forms import parse_prompts, sampling_params
 from widgets.grid import cell_html, compare_grid_html
 from widgets.presenters import COMPARE_COLUMNS
 from widgets.state.base import TabState

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from widgets.forms import knob_fields, parse_knobs
 from widgets.formatting import html_table
+from widgets.forms import knob_fields, parse_knobs
 from widgets.presenters import ENGINE_COLUMNS, engines_rows
 from widgets.state.base import TabState
 
