@@ -161,7 +161,7 @@ def test_knobs_are_validated_with_clear_errors(lm):
             eSurge(lm, max_model_len=128, **kw)
     eng = eSurge(lm, max_model_len=128, kv_cache_memory="1MiB", page_size=8)
     per_page = 2 * 2 * 8 * 2 * 16 * 4  # k and v, layers, positions, heads, dim, float32
-    assert eng.num_pages == (1 << 20) // per_page and eng.kv_cache_bytes <= 1 << 20
+    assert eng.num_pages == (1 << 20) // per_page and eng.kv_cache_bytes() <= 1 << 20
 
 
 def test_lifecycle_frees_the_pool_and_restarts(lm):

@@ -77,6 +77,8 @@ def bench():
 
 def test_metrics_state_lists_pages_and_timelines(bench):
     state = MetricsState(bench)
+    kv = {i["name"]: i["kv_cache_bytes"] for i in bench.engines_info()}  # the Engines table
+    assert kv["es"] > 0 and kv["vi"] == 0
     assert state.paged_engines() == ["es"] and state.timeline_engines() == ["es", "vs"]
     assert state.request_choices("vi") == [] and state.request_choices(None) == []
     out = bench.engines["es"].generate([list(range(2, 30)), list(range(2, 20))],

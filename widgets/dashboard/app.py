@@ -11,6 +11,7 @@ never dies.
 
 from __future__ import annotations
 
+import logging
 import weakref
 
 import panel as pn
@@ -25,6 +26,7 @@ from widgets.dashboard.server_view import ServerPanel
 
 TABS = ("Model", "Engines", "Playground", "Compare", "Metrics", "Server", "Bench")
 TICK_MS = 500
+logger = logging.getLogger("widgets")
 
 SESSIONS: weakref.WeakSet[Dashboard] = weakref.WeakSet()  # live sessions (tests read it)
 
@@ -55,16 +57,26 @@ class Dashboard:
         if self.wb.version != self._version:
             self._version = self.wb.version
             for view in self.views:
-                view.refresh()
+                self._guarded(view, view.refresh)
         visible = TABS[self.tabs.active]
         if visible == "Metrics":  # charts hidden in another tab would still redraw in the page
-            self.metrics.tick()  # catches up on every sample taken while it was hidden
+            self._guarded(self.metrics, self.metrics.tick)  # catches up on every sample taken
         elif visible == "Server":
-            self.server.tick()
+            self._guarded(self.server, self.server.tick)
         elif visible == "Engines":
             self._ticks += 1
             if self._ticks % 4 == 0:  # every 2 s: request counts in the engines table
-                self.engines.tick()
+                self._guarded(self.engines, self.engines.tick)
+
+    @staticmethod
+    def _guarded(view, fn) -> None:
+        """A view that fails to redraw shows the error in its status line and logs it; the other
+        views still redraw and the next tick tries again."""
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - never a dead page
+            logger.exception("%s failed to redraw", type(view).__name__)
+            view.status.show(f"{type(e).__name__}: {e}", True)
 
     def page(self):
         """The page for the current session, with its periodic callback registered."""

@@ -107,7 +107,6 @@ class eSurge(BackgroundEngine):  # noqa: N801 - the engine's name
 
     supports_tenants = True  # a request's tenant counts in admission and the token budget
 
-    @property
     def kv_cache_bytes(self) -> int:
         """Bytes of the page pool (allocated at start)."""
         return self.num_pages * PagedKVCache.bytes_per_page(self.model.config, self.page_size,
