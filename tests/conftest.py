@@ -35,6 +35,20 @@ def tiny_llama(tiny_checkpoints):
     return load_model(tiny_checkpoints["llama"][0], dtype="float32", progress=False)
 
 
+@pytest.fixture(scope="session")
+def tiny_random_lm():
+    """A tiny random Llama built from a config, no checkpoint (text does not matter; tokens do).
+    Its weights keep the logits apart, so float rounding cannot flip a greedy choice."""
+    from workbench.loading.loader import random_model
+    from workbench.models.config import ModelConfig
+
+    cfg = ModelConfig(architecture="LlamaForCausalLM", vocab_size=256, hidden_size=64,
+                      intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
+                      eos_token_ids=(1,))
+    return random_model(cfg, seed=0)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _free_compiled_executables():
     """Drop JAX's compiled executables after each test module. Every compiled shape keeps ~100

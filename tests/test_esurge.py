@@ -2,7 +2,6 @@
 prefix-cache controls, priorities, knobs, lifecycle (tiny random model)."""
 
 import threading
-import time
 
 import jax.monitoring
 import pytest
@@ -10,8 +9,6 @@ import pytest
 from workbench.engines.buckets import token_buckets
 from workbench.engines.esurge import eSurge
 from workbench.engines.types import EngineError
-from workbench.loading.loader import random_model
-from workbench.models.config import ModelConfig
 from workbench.sampling_params import SamplingParams
 
 _compiles: list[str] = []
@@ -28,12 +25,8 @@ jax.monitoring.register_event_duration_secs_listener(_listener)
 
 
 @pytest.fixture(scope="module")
-def lm():
-    cfg = ModelConfig(architecture="LlamaForCausalLM", vocab_size=256, hidden_size=64,
-                      intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
-                      eos_token_ids=(1,))
-    return random_model(cfg, seed=0)
+def lm(tiny_random_lm):
+    return tiny_random_lm
 
 
 def test_default_compile_budget_and_no_compilation_after_precompile(lm):

@@ -17,14 +17,8 @@ MAX_LEN = 160
 
 
 @pytest.fixture(scope="module")
-def lm():
-    """A tiny random Llama (text does not matter here; tokens do). Weights of std 0.08 keep
-    the logits apart, so float rounding cannot flip a greedy choice."""
-    cfg = ModelConfig(architecture="LlamaForCausalLM", vocab_size=256, hidden_size=64,
-                      intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
-                      eos_token_ids=(1,))
-    return random_model(cfg, seed=0)
+def lm(tiny_random_lm):
+    return tiny_random_lm
 
 
 def workload(shared_prefix: bool, seed: int = 0):

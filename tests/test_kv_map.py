@@ -11,8 +11,6 @@ import pytest
 import workbench as wb
 from widgets.kv_map import page_map_svg, timeline_rows, timeline_svg
 from widgets.state.metrics import MetricsState
-from workbench.loading.loader import random_model
-from workbench.models.config import ModelConfig
 from workbench.sampling_params import SamplingParams
 
 
@@ -61,13 +59,9 @@ def test_timeline_lanes_follow_the_events():
 
 
 @pytest.fixture(scope="module")
-def bench():
-    cfg = ModelConfig(architecture="LlamaForCausalLM", vocab_size=256, hidden_size=64,
-                      intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
-                      eos_token_ids=(1,))
+def bench(tiny_random_lm):
     b = wb.Workbench()
-    b.load(random_model(cfg, seed=0))
+    b.load(tiny_random_lm)
     b.add_engine("es", "esurge", max_model_len=128, num_pages=24, page_size=8)
     b.add_engine("vs", "vsurge", max_concurrent_decodes=2, max_model_len=128)
     b.add_engine("vi", "vinference", max_batch_size=2, max_model_len=128)
