@@ -6,13 +6,16 @@ vInference ("vi") and a vSurge that decodes 4 tokens per driver iteration ("vs")
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import httpx
 import numpy as np
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.test_server_support import embedded_model
+from tests.test_server_support import embedded_model, wait_until
 from workbench.engines.prompt_logprobs import prompt_logprobs
 from workbench.engines.types import CompletionOutput
 from workbench.engines.vinference import vInference
@@ -257,3 +260,64 @@ def test_chat_message_name_unknown_keys_and_custom_role(client):
                 {"role": "user", "content": "Bye"}]
     out = client.chat.completions.create(model="vi", messages=messages, max_tokens=3)
     assert out.choices[0].message.content is not None
+
+
+# ---- metrics -----------------------------------------------------------------------------------
+DASHBOARD = Path(__file__).resolve().parents[1] / "docs" / "grafana" / "workbench-dashboard.json"
+
+
+def _metrics(server) -> dict[str, list]:
+    """{sample name: [(labels, value)]} of the server's /metrics."""
+    out: dict[str, list] = {}
+    for fam in text_string_to_metric_families(httpx.get(f"{server.url}/metrics").text):
+        for s in fam.samples:
+            out.setdefault(s.name, []).append((s.labels, s.value))
+    return out
+
+
+def _value(samples, engine: str) -> float:
+    (v,) = [v for labels, v in samples if labels["engine"] == engine]
+    return v
+
+
+@pytest.mark.parametrize("model, engine", [("vi", "vinference"), ("vs", "vsurge")])
+def test_vllm_metric_families_and_kv_usage_while_running(server, client, model, engine):
+    before = _metrics(server)
+    n_before = _value(before["workbench:request_params_n_count"], engine)
+    client.completions.create(model=model, prompt="Hi", max_tokens=3, n=2, temperature=1.0,
+                              seed=1)
+    m = _metrics(server)
+    assert _value(m["workbench:request_params_n_count"], engine) == n_before + 1
+    assert _value(m["workbench:request_params_n_sum"], engine) - \
+        _value(before["workbench:request_params_n_sum"], engine) == 2
+    assert _value(m["workbench:request_params_max_tokens_sum"], engine) - \
+        _value(before["workbench:request_params_max_tokens_sum"], engine) == 3
+    assert _value(m["workbench:request_inference_time_seconds_count"], engine) > 0
+    assert _value(m["workbench:iteration_tokens_total_count"], engine) > 0
+    # kv_cache_usage_perc reads the cache's real occupancy while a request runs, 0 when idle
+    body = {"model": model, "prompt": "Once upon a time", "max_tokens": 200, "ignore_eos": True,
+            "stream": True}
+    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=60) as r:
+        lines = r.iter_lines()
+        for _ in range(3):
+            next(line for line in lines if line.startswith("data: {"))
+        usage = _value(_metrics(server)["workbench:kv_cache_usage_perc"], engine)
+    # vSurge: 4 slots x 256 positions; vInference: a batch of 1 x its cache bucket
+    assert 0.0 < usage < 1.0
+    assert wait_until(lambda: _value(_metrics(server)["workbench:kv_cache_usage_perc"],
+                                     engine) == 0.0)
+
+
+def test_grafana_dashboard_queries_only_served_metrics(server, client):
+    client.completions.create(model="vi", prompt="Hi", max_tokens=2)
+    names = set(_metrics(server))
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    queried = {m for e in exprs for m in re.findall(r"workbench:[a-zA-Z0-9_:]+", e)}
+    queried |= {m for v in dashboard["templating"]["list"]
+                for m in re.findall(r"workbench:[a-zA-Z0-9_:]+", v.get("query", ""))}
+    assert len(queried) >= 20
+    assert queried <= names, sorted(queried - names)
+    for family in ("iteration_tokens_total", "request_inference_time_seconds",
+                   "request_params_n", "request_params_max_tokens", "kv_cache_usage_perc"):
+        assert any(f"workbench:{family}" in e for e in exprs), family

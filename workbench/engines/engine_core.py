@@ -127,7 +127,8 @@ class EngineCore:
         stream = OutputStream(req.request_id, loop)
         self._streams[req.request_id] = stream
         self._requests[req.request_id] = req
-        self.collector.on_arrival(req.request_id, len(req.prompt_ids))
+        self.collector.on_arrival(req.request_id, len(req.prompt_ids), n=req.params.n,
+                                  max_tokens=req.params.max_tokens)
         self.timeline.record(req.request_id, "queued", num_prompt_tokens=len(req.prompt_ids),
                              priority=req.priority, tenant=req.tenant)
         self._inbox.put(("add", req))
