@@ -137,9 +137,11 @@ class EngineCore:
 
     def abort(self, request_id: str) -> bool:
         """Ask the driver to end a request; False if it is unknown or already finished."""
-        if request_id not in self._requests:
+        req = self._requests.get(request_id)
+        if req is None:
             return False
         self._inbox.put(("abort", request_id))
+        req.abort_requested = True  # after the put: a driver that sees the flag finds the abort
         self._wake.set()
         return True
 
