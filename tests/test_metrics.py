@@ -375,3 +375,27 @@ def test_iteration_tokens_histogram():
     assert (s["iterations_total"], s["iteration_tokens_total"]) == (4, 381)
     with pytest.raises(ValueError, match="num_tokens"):
         m.on_iteration(-1)
+
+
+def test_inference_time_and_request_params_histograms():
+    clock = FakeClock()
+    m = MetricsCollector("vsurge", "m", clock=clock)
+    m.on_arrival("a", 5, n=2, max_tokens=100)
+    clock.t = 1.0
+    m.on_scheduled("a")
+    clock.t = 1.5
+    m.on_first_token("a")
+    clock.t = 3.25
+    m.on_finish("a", "length")
+    m.on_arrival("b", 5)  # parameters not given: not observed
+    m.on_finish("b", "abort")
+    fams = families(m.render())
+    lab = dict(model_name="m", engine="vsurge")
+    assert sample(fams, "workbench:request_inference_time_seconds", "_sum", **lab) == 2.25
+    assert sample(fams, "workbench:request_inference_time_seconds", "_count", **lab) == 1
+    assert sample(fams, "workbench:request_params_n", "_count", **lab) == 1
+    assert bucket(fams, "workbench:request_params_n", "1.0", **lab) == 0
+    assert bucket(fams, "workbench:request_params_n", "2.0", **lab) == 1
+    assert sample(fams, "workbench:request_params_max_tokens", "_sum", **lab) == 100
+    with pytest.raises(ValueError, match="max_tokens"):
+        m.on_arrival("c", 1, max_tokens=-1)

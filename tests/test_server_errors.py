@@ -70,8 +70,8 @@ def chat(**fields) -> dict:
     ("/v1/completions", completion(best_of=3), "best_of", "unsupported_parameter"),
     ("/v1/completions", completion(suffix="end"), "suffix", "unsupported_parameter"),
     ("/v1/chat/completions",
-     chat(messages=[{"role": "user", "content": "Hi", "name": "bob"}]), "messages[0].name",
-     "unsupported_parameter"),
+     chat(messages=[{"role": "assistant", "content": "x", "tool_calls": [{"id": "c"}]}]),
+     "messages[0]", "invalid_value"),
 ])
 def test_unknown_and_unsupported_fields(url, path, body, param, code):
     err = assert_error(post(url, path, body), 400, param, code)
@@ -86,14 +86,19 @@ def test_unknown_and_unsupported_fields(url, path, body, param, code):
     ("/v1/completions", completion(n=0), "n"),
     ("/v1/completions", completion(logprobs=21), "logprobs"),
     ("/v1/completions", completion(stop=[1, 2]), "stop"),
-    ("/v1/completions", completion(seed=-5), "seed"),
+    ("/v1/completions", completion(seed=2**63), "seed"),
+    ("/v1/completions", completion(seed=-(2**63) - 1), "seed"),
     ("/v1/completions", completion(logit_bias={"abc": 1}), "logit_bias"),
     ("/v1/completions", completion(logit_bias={"999999": 1}), "logit_bias"),
     ("/v1/completions", completion(prompt=[1, 2, 10**7]), "prompt"),
     ("/v1/completions", completion(prompt=[]), "prompt"),
     ("/v1/completions", completion(prompt=None), "prompt"),
     ("/v1/completions", completion(stream_options={"include_usage": True}), "stream_options"),
-    ("/v1/completions", completion(echo=True, logprobs=1), "echo"),
+    ("/v1/completions", completion(max_tokens=0, logprobs=1), "max_tokens"),
+    ("/v1/completions", completion(prompt_logprobs=21), "prompt_logprobs"),
+    ("/v1/completions", completion(echo=True, logprobs=1, stream=True,
+                                   stream_options={"continuous_usage_stats": 1}),
+     "stream_options.continuous_usage_stats"),
     ("/v1/completions", {"prompt": "x"}, "model"),  # several models: `model` is required
     ("/v1/chat/completions", chat(top_logprobs=2), "top_logprobs"),
     ("/v1/chat/completions", chat(max_tokens=4, max_completion_tokens=5), "max_completion_tokens"),

@@ -109,3 +109,18 @@ def test_cli_serve_esurge(monkeypatch):
                        json={"prompt": "Hello", "max_tokens": 3, "temperature": 0})
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
         assert httpx.post(f"{url}/reset_prefix_cache").json()["reset"]
+
+
+def test_prompt_logprobs_and_one_chunk_per_token_on_esurge(server, engines):
+    """eSurge scores prompts with the same helper as the other engines (issue 18)."""
+    client = _client(server)
+    scored = {m: client.completions.create(model=m, prompt="The capital of France is Paris",
+                                           max_tokens=0, echo=True, logprobs=2).choices[0]
+              for m in ("es", "vi")}
+    es, vi = scored["es"].logprobs, scored["vi"].logprobs
+    assert es.tokens == vi.tokens and es.token_logprobs[0] is None
+    assert max(abs(a - b) for a, b in zip(es.token_logprobs[1:], vi.token_logprobs[1:])) < 1e-5
+    chunks = list(client.completions.create(model="es", prompt="Once upon a time", max_tokens=6,
+                                            temperature=0, logprobs=0, stream=True,
+                                            extra_body={"ignore_eos": True}))
+    assert [len(c.choices[0].logprobs.tokens) for c in chunks] == [1] * 6

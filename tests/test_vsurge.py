@@ -290,3 +290,39 @@ def test_precompile_compiles_every_shape_the_driver_dispatches(tiny_llama):
         eng.generate([[1, 2, 3]], SamplingParams(max_tokens=2))  # still serves
     with pytest.raises(EngineError, match="closed"):
         eng.precompile()
+
+
+def test_requests_with_a_queued_abort_are_not_prefilled_or_decoded(tiny_llama):
+    """After a flood of cancelled streams: a sequence whose abort is queued when its prefill
+    batch is dispatched is left out, and a decode chunk whose rows are all cancelled is not run."""
+    from workbench.engines.vsurge_scheduler import VSurgeScheduler
+
+    eng = vSurge(tiny_llama, max_model_len=64, max_concurrent_decodes=4, prefill_buckets=(16, 63),
+                 decode_steps=1)
+    device, sched = eng.device, VSurgeScheduler(**eng._scheduler_kwargs)
+    reqs = [eng.make_request([1, 2, 3 + i], SamplingParams(max_tokens=4, temperature=0))
+            for i in range(3)]
+    for r in reqs:
+        sched.add(r)
+    plan = sched.schedule()
+    reqs[0].abort_requested = reqs[2].abort_requested = True  # their clients left meanwhile
+    prefilled = []
+    prefill = device.prefill
+    device.prefill = lambda batch: prefilled.append([a.request for a in batch]) or prefill(batch)
+    device.allocate()
+    try:
+        out = device.fetch(device.execute(plan))
+        assert prefilled == [[reqs[1]]]
+        assert [[a.request for a in b] for b in plan.prefill_batches] == [[reqs[1]]]
+        assert plan.decode is not None
+        assert [r for r, _ in sched.update(plan, out)] == [reqs[1]]
+        assert len(reqs[1].sequences[0].output_ids) == 2  # prefill's token + one decode step
+        reqs[1].abort_requested = True
+        plan = sched.schedule()
+        assert plan.decode is not None
+        out = device.fetch(device.execute(plan))
+        assert plan.decode is None and out.decode is None  # every row's client is gone
+        assert sched.update(plan, out) == []
+    finally:
+        device.free()
+        eng.close()

@@ -38,11 +38,15 @@ Histograms, latency (seconds, buckets :data:`LATENCY_BUCKETS`:
     ``request_queue_time_seconds``    first scheduling - arrival
     ``request_prefill_time_seconds``  first token - first scheduling
     ``request_decode_time_seconds``   finish - first token
+    ``request_inference_time_seconds`` finish - first scheduling (prefill + decode, vLLM's)
 
 Histograms, token counts (buckets :data:`TOKEN_BUCKETS`: 1-2-5 series, 1 .. 1M),
 observed once per finished request
     ``request_prompt_tokens``         prompt length
     ``request_generation_tokens``     generated tokens
+    ``request_params_max_tokens``     the request's ``max_tokens`` (when given at arrival)
+and, with buckets :data:`N_BUCKETS` (1, 2, 5, 10, 20, 50, 100, 128),
+    ``request_params_n``              the request's ``n`` (when given at arrival)
 and once per engine step (vLLM's buckets, 1 .. 16384)
     ``iteration_tokens_total``        tokens the step computed (prompt chunks and decodes)
 
@@ -50,9 +54,10 @@ Hooks (every timed hook takes ``now``; default ``time.monotonic()`` or the
 collector's ``clock``).  A hook naming an unknown request id is a silent no-op,
 so a late abort can never crash the driver.
 
-``on_arrival(request_id, num_prompt_tokens)``
-    starts tracking; counts the prompt tokens.  A repeated id still being
-    tracked is ignored.
+``on_arrival(request_id, num_prompt_tokens, *, n=None, max_tokens=None)``
+    starts tracking; counts the prompt tokens; ``n`` and ``max_tokens`` (the
+    request's sampling parameters) are observed at finish.  A repeated id still
+    being tracked is ignored.
 ``on_scheduled(request_id)``
     first call only: queue time = now - arrival; prefill starts.  Calls after a
     preemption (re-scheduling) change nothing.
@@ -70,7 +75,8 @@ so a late abort can never crash the driver.
 ``on_finish(request_id, finished_reason)``
     ``finished_reason`` must be ``stop``, ``length`` or ``abort`` (else
     ``ValueError``, raised before the id is looked up).  Observes e2e latency,
-    decode time (when a first token exists), the token-count histograms and
+    decode time (when a first token exists), inference time (when scheduled),
+    the token-count and request-parameter histograms and
     ``request_success{finished_reason}``; stops tracking the request.
 ``on_preemption(request_id)``
     counts a preemption of a tracked request.
@@ -111,6 +117,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from workbench.prometheus_metrics import (  # noqa: F401 - buckets and render_many re-exported
     ITERATION_BUCKETS,
     LATENCY_BUCKETS,
+    N_BUCKETS,
     TOKEN_BUCKETS,
     claim_families,
     render_many,
@@ -132,10 +139,14 @@ RATE_WINDOW_S = 10.0
 
 class _Request:
     __slots__ = ("request_id", "arrival", "prompt_tokens", "scheduled", "first_token", "last_token",
-                 "generation_tokens", "itl_sum", "itl_count", "preemptions", "queue_s", "ttft_s", "prefill_s")
+                 "generation_tokens", "itl_sum", "itl_count", "preemptions", "queue_s", "ttft_s", "prefill_s",
+                 "n", "max_tokens")
 
-    def __init__(self, request_id: Any, arrival: float, prompt_tokens: int):
+    def __init__(self, request_id: Any, arrival: float, prompt_tokens: int,
+                 n: int | None = None, max_tokens: int | None = None):
         self.request_id = request_id
+        self.n = n
+        self.max_tokens = max_tokens
         self.arrival = arrival
         self.prompt_tokens = prompt_tokens
         self.scheduled: float | None = None
@@ -237,6 +248,9 @@ class MetricsCollector:
         self._h_req_prompt = fam.req_prompt.labels(**lv)
         self._h_req_gen = fam.req_gen.labels(**lv)
         self._h_iteration = fam.iteration_tokens.labels(**lv)
+        self._h_inference = fam.inference.labels(**lv)
+        self._h_params_n = fam.params_n.labels(**lv)
+        self._h_params_max_tokens = fam.params_max_tokens.labels(**lv)
 
         self._lock = threading.Lock()
         self._start = clock()
@@ -300,16 +314,20 @@ class MetricsCollector:
 
     # ------------------------------------------------------------------ hooks
 
-    def on_arrival(self, request_id: Any, num_prompt_tokens: int, now: float | None = None) -> None:
-        """A request was admitted: start tracking it and count its prompt tokens."""
-        n = _nonneg_int("num_prompt_tokens", num_prompt_tokens)
+    def on_arrival(self, request_id: Any, num_prompt_tokens: int, now: float | None = None, *,
+                   n: int | None = None, max_tokens: int | None = None) -> None:
+        """A request was admitted: start tracking it and count its prompt tokens; `n` and
+        `max_tokens` (its sampling parameters) are observed when it finishes."""
+        num = _nonneg_int("num_prompt_tokens", num_prompt_tokens)
+        n = None if n is None else _nonneg_int("n", n)
+        max_tokens = None if max_tokens is None else _nonneg_int("max_tokens", max_tokens)
         t = self._now(now)
         with self._lock:
             if request_id in self._requests:
                 return
-            self._requests[request_id] = _Request(request_id, t, n)
-            self._n_prompt_tokens += n
-            self._prompt_tokens.inc(n)
+            self._requests[request_id] = _Request(request_id, t, num, n, max_tokens)
+            self._n_prompt_tokens += num
+            self._prompt_tokens.inc(num)
 
     def on_scheduled(self, request_id: Any, now: float | None = None) -> None:
         """First scheduling (prefill starts): observe queue time = now - arrival."""
@@ -378,6 +396,12 @@ class MetricsCollector:
             mean_itl = r.itl_sum / r.itl_count if r.itl_count else None
             if mean_itl is not None:
                 self._w_itl.append(mean_itl)
+            if r.scheduled is not None:
+                self._h_inference.observe(max(0.0, t - r.scheduled))
+            if r.n is not None:
+                self._h_params_n.observe(r.n)
+            if r.max_tokens is not None:
+                self._h_params_max_tokens.observe(r.max_tokens)
             self._h_req_prompt.observe(r.prompt_tokens)
             self._h_req_gen.observe(r.generation_tokens)
             self._success[finished_reason].inc()

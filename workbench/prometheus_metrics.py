@@ -25,6 +25,9 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 ITERATION_BUCKETS: tuple[float, ...] = (1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
                                         2048.0, 4096.0, 8192.0, 16384.0)
 
+# Choices per request (vLLM's request_params_n buckets, up to the server's limit of 128).
+N_BUCKETS: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 128.0)
+
 TOKEN_BUCKETS: tuple[float, ...] = tuple(
     float(m * 10**e) for e in range(6) for m in (1, 2, 5)
 ) + (1_000_000.0,)
@@ -89,6 +92,12 @@ class _Families:
         self.decode = hist("request_decode_time_seconds", "Decode time (s), first token to finish.", LATENCY_BUCKETS)
         self.req_prompt = hist("request_prompt_tokens", "Prompt tokens per finished request.", TOKEN_BUCKETS)
         self.req_gen = hist("request_generation_tokens", "Generated tokens per finished request.", TOKEN_BUCKETS)
+        self.inference = hist("request_inference_time_seconds",
+                              "Inference time (s), first scheduling to finish (prefill + decode).",
+                              LATENCY_BUCKETS)
+        self.params_n = hist("request_params_n", "The n (choices) of finished requests.", N_BUCKETS)
+        self.params_max_tokens = hist("request_params_max_tokens",
+                                      "The max_tokens of finished requests.", TOKEN_BUCKETS)
         self.iteration_tokens = hist("iteration_tokens_total", "Tokens computed per engine step.",
                                      ITERATION_BUCKETS)
         # (model_name, engine) -> live collector owning those label values.

@@ -56,6 +56,11 @@ class Tokenizer:
         """Token ids of `text` (with the tokenizer's BOS etc. when `add_special_tokens`)."""
         return [int(i) for i in self.hf.encode(text, add_special_tokens=add_special_tokens)]
 
+    def convert_ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
+        """The vocabulary's token strings (byte-level pieces such as "Ġthe"), as vLLM's
+        `/tokenize` `token_strs` are."""
+        return list(self.hf.convert_ids_to_tokens([int(i) for i in ids]))
+
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         """Text of `ids` (any iterable of ints, e.g. a numpy array); no space clean-up."""
         return self.hf.decode(

@@ -30,6 +30,7 @@ import uuid
 from typing import AsyncIterator, Iterator
 
 from workbench import compilation_cache
+from workbench.engines.prompt_logprobs import prompt_logprobs
 from workbench.engines.request import Request
 from workbench.engines.types import EngineError, Prompt, PromptTooLongError, RequestOutput
 from workbench.loading.loader import LoadedModel
@@ -131,12 +132,25 @@ class Engine(abc.ABC):
         return Request(request_id or self.new_request_id(), text, ids, params, self.tokenizer,
                        self.eos_token_ids, priority=priority, tenant=tenant)
 
-    def chat_prompt(self, messages) -> tuple[list[int], str]:
+    def chat_prompt(self, messages, add_generation_prompt: bool = True) -> tuple[list[int], str]:
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer, so no chat template")
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        text = self.tokenizer.apply_chat_template(messages,
+                                                  add_generation_prompt=add_generation_prompt)
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                                 tokenize=True)
         return list(ids), text
+
+    def prompt_logprobs(self, ids: list[int], num_top: int = 0) -> list:
+        """Per prompt position: None first, then `PromptLogprob` (logprob of each prompt token
+        given those before it, its rank, `num_top` alternatives). One extra forward of the whole
+        prompt, shared by every engine (see `prompt_logprobs.py`); thread-safe, touches no
+        engine state. ValueError for a prompt longer than `max_model_len`."""
+        self._check_open()
+        if len(ids) > self.max_model_len:
+            raise PromptTooLongError(f"prompt has {len(ids)} tokens > max_model_len "
+                                     f"{self.max_model_len}")
+        return prompt_logprobs(self.model, ids, num_top, self.max_model_len)
 
     @property
     def closed(self) -> bool:

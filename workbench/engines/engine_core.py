@@ -127,7 +127,8 @@ class EngineCore:
         stream = OutputStream(req.request_id, loop)
         self._streams[req.request_id] = stream
         self._requests[req.request_id] = req
-        self.collector.on_arrival(req.request_id, len(req.prompt_ids))
+        self.collector.on_arrival(req.request_id, len(req.prompt_ids), n=req.params.n,
+                                  max_tokens=req.params.max_tokens)
         self.timeline.record(req.request_id, "queued", num_prompt_tokens=len(req.prompt_ids),
                              priority=req.priority, tenant=req.tenant)
         self._inbox.put(("add", req))
@@ -136,9 +137,11 @@ class EngineCore:
 
     def abort(self, request_id: str) -> bool:
         """Ask the driver to end a request; False if it is unknown or already finished."""
-        if request_id not in self._requests:
+        req = self._requests.get(request_id)
+        if req is None:
             return False
         self._inbox.put(("abort", request_id))
+        req.abort_requested = True  # after the put: a driver that sees the flag finds the abort
         self._wake.set()
         return True
 

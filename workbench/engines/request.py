@@ -146,6 +146,9 @@ class Request:
         self.params = params
         self.priority = priority
         self.tenant = tenant  # who sent it (multi-tenant scheduling); None: the default tenant
+        # Set by any thread once an abort of this request is queued (see EngineCore.abort): the
+        # driver may then skip work for it before the abort itself is processed.
+        self.abort_requested = False
         self.arrival_time = time.time()
         self.first_token_time: float | None = None
         self.finish_time: float | None = None

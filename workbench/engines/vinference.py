@@ -156,7 +156,8 @@ class vInference(Engine):  # noqa: N801 - the engine's name
         """Run every sequence of `requests`; yields after each step of device work."""
         for req in requests:
             self._active[req.request_id] = req
-            self.collector.on_arrival(req.request_id, len(req.prompt_ids))
+            self.collector.on_arrival(req.request_id, len(req.prompt_ids), n=req.params.n,
+                                      max_tokens=req.params.max_tokens)
         try:
             rows = [(r, s) for r in requests for s in r.sequences]
             for i in range(0, len(rows), self.max_batch_size):
@@ -164,6 +165,7 @@ class vInference(Engine):  # noqa: N801 - the engine's name
         finally:
             for req in requests:
                 self._active.pop(req.request_id, None)
+            self.collector.set_kv_cache_usage(0.0)  # the batch's cache is dropped
 
     def _run_batch(self, rows: list[Row]) -> Iterator[None]:
         live = [row for row in rows if not row[1].finished]
@@ -182,6 +184,8 @@ class vInference(Engine):  # noqa: N801 - the engine's name
             length=T, eos_token_ids=self.eos_token_ids, vocab_size=self.model.config.vocab_size)
         K, sampling, penalties = batch.num_top, batch.sampling, batch.penalties
         cache = self.model.new_cache(B, S)
+        self._kv_capacity = B * S  # the batch's cache, for kv_cache_usage_perc
+        self.collector.on_iteration(sum(lens))
         state_params = self.model.state
         out, cache = self.runner.prefill(state_params, cache, batch.ids, batch.positions,
                                          batch.last_idx, sampling, penalties, num_top=K)
@@ -232,6 +236,10 @@ class vInference(Engine):  # noqa: N801 - the engine's name
                 for _, s in live:
                     assert s.finished, "device finished a row the host did not"
                 break
+            for j in range(host.tokens.shape[1]):  # one engine iteration per decode step
+                rows = int((host.tokens[: len(live), j] >= 0).sum())
+                if rows:
+                    self.collector.on_iteration(rows)
             self._append(live, host.tokens, host.logprobs, host.top_ids, host.top_logprobs, K)
             yield
         if pending is not None:
@@ -245,7 +253,8 @@ class vInference(Engine):  # noqa: N801 - the engine's name
                            state.done | host_done, state.max_tokens, state.penalties)
 
     def _append(self, live: list[Row], tokens, logprobs, top_ids, top_lps, K: int) -> None:
-        """Feed a chunk of sampled tokens `[B, N]` to the host-side sequences."""
+        """Feed a chunk of sampled tokens `[B, N]` to the host-side sequences; then set the KV
+        usage of the batch's cache (cached positions of its unfinished rows / B * S)."""
         touched = {}
         for i, (req, seq) in enumerate(live):
             n = append_sampled(seq, tokens[i], logprobs[i], top_ids[i], top_lps[i])
@@ -256,3 +265,5 @@ class vInference(Engine):  # noqa: N801 - the engine's name
             record_tokens(self.collector, req, n)
             if req.finished:
                 self.collector.on_finish(req.request_id, req.finish_reason)
+        cached = sum(len(r.prompt_ids) + len(s.output_ids) for r, s in live if not s.finished)
+        self.collector.set_kv_cache_usage(cached / self._kv_capacity)

@@ -86,7 +86,8 @@ class vSurge(BackgroundEngine):  # noqa: N801 - the engine's name
         self._scheduler_kwargs = dict(
             num_slots=max_concurrent_decodes, max_concurrent_prefill=max_concurrent_prefill,
             interleaved=interleaved_mode, policy=scheduling_policy, max_waiting=max_waiting,
-            decode_steps=self.decode_steps, row_buckets=self.row_buckets)
+            decode_steps=self.decode_steps, row_buckets=self.row_buckets,
+            cache_len=self.max_model_len)
         VSurgeScheduler(**self._scheduler_kwargs)  # validate the knobs now
         self.runner = runner_for(model.graphdef, model.attention_backend)
         # the slots' device arrays and the jitted calls on them (vsurge_slots.py)

@@ -72,7 +72,10 @@ class SchedulerOutput:
 class VSurgeScheduler:
     def __init__(self, *, num_slots: int, max_concurrent_prefill: int, interleaved: bool,
                  policy: str = "fcfs", max_waiting: int = 1024, decode_steps: int = 1,
-                 row_buckets: tuple[int, ...] | None = None):
+                 row_buckets: tuple[int, ...] | None = None, cache_len: int | None = None):
+        """`cache_len`: KV positions per slot (the engine's `max_model_len`), for the
+        `kv_cache_usage_perc` gauge (cached positions of live slots / all slots' positions);
+        None reports no KV usage."""
         if max_concurrent_prefill < 1:
             raise ValueError(f"max_concurrent_prefill must be >= 1, got {max_concurrent_prefill}")
         if max_waiting < 1:
@@ -84,6 +87,7 @@ class VSurgeScheduler:
         self.max_waiting = max_waiting
         self.decode_steps = decode_steps
         self.row_buckets = tuple(row_buckets or pow2_buckets(1, num_slots))  # decode batch sizes
+        self.cache_len = cache_len
         self.running: dict[str, Request] = {}
         self._freed = False  # slots freed on the host since the last decode chunk
 
@@ -101,6 +105,10 @@ class VSurgeScheduler:
 
     def report(self, collector) -> None:
         collector.set_slots(self.slots.num_used, self.slots.num_slots)
+        if self.cache_len:
+            cached = sum(len(a.request.prompt_ids) + len(a.sequence.output_ids)
+                         for _, a in self.slots.occupied())
+            collector.set_kv_cache_usage(cached / (self.slots.num_slots * self.cache_len))
 
     def check_capacity(self, n: int, num_waiting: int | None = None) -> None:
         """Raise if a request with `n` sequences can never run or the queue is full.

@@ -88,15 +88,37 @@ class SlotDevice:
     # ---- the runner contract (engine_core.py) --------------------------------------------------
     def execute(self, plan: SchedulerOutput) -> "SlotOutput":
         """Dispatch a plan: its prefills, then its decode chunk (after the plan's stop mask and
-        slot moves). Nothing is waited for."""
-        prefills = [self.prefill(batch) for batch in plan.prefill_batches]
+        slot moves). Nothing is waited for.
+
+        A sequence whose request has an abort queued (`abort_requested`) when its prefill batch
+        is dispatched is left out of the batch (the plan's batches are updated to match, so
+        `update` sees only what ran) and its slot's row is stopped; a decode chunk whose every
+        row has an abort queued is not dispatched (the plan's `decode` becomes None). After a
+        flood of cancelled requests, the driver thus neither computes nor compiles new batch
+        shapes for clients that are gone. Each batch is checked just before its dispatch, so
+        aborts that arrive while an earlier batch compiles still count."""
+        prefills, kept, skipped = [], [], []
+        for batch in plan.prefill_batches:
+            live = [a for a in batch if not a.request.abort_requested]
+            skipped += [a for a in batch if a.request.abort_requested]
+            if live:
+                kept.append(live)
+                prefills.append(self.prefill(live))
+        plan.prefill_batches[:] = kept
         chunk = None
         if plan.decode is not None:
             if plan.decode.stop_mask is not None:
                 self.stop_rows(np.asarray(plan.decode.stop_mask))
             if plan.decode.moves:
                 self.move(plan.decode.moves)
-            chunk = self.decode(plan.decode.owners, plan.decode.seen)
+            if skipped:
+                mask = np.zeros(self.num_slots, bool)
+                mask[[a.slot for a in skipped]] = True
+                self.stop_rows(mask)
+            if all(a is None or a.request.abort_requested for a in plan.decode.owners):
+                plan.decode = None  # every row's client is gone
+            else:
+                chunk = self.decode(plan.decode.owners, plan.decode.seen)
         return SlotOutput(prefills=prefills, decode=chunk)
 
     @staticmethod

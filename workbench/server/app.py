@@ -7,8 +7,10 @@ Routes:
                                 max_model_len, ...}]}
     GET  /health                200 {"status": "ok"} (never needs the API key)
     GET  /metrics               Prometheus text of every served engine's collector
-    POST /tokenize              {model?, prompt | messages, add_special_tokens?} ->
-                                {tokens, count, max_model_len}
+    POST /tokenize              {model?, prompt | messages, add_special_tokens?,
+                                add_generation_prompt?, return_token_strs?} ->
+                                {tokens, count, max_model_len, token_strs?} (vLLM's fields;
+                                token_strs are the tokenizer's token strings, as vLLM's)
     POST /detokenize            {model?, tokens} -> {prompt}
     POST /reset_prefix_cache    ?model=name (default: every engine with a prefix cache) ->
                                 {"reset": {served name: pages uncached}}; guarded by the API key
@@ -111,15 +113,18 @@ def create_app(engines: Any, *, api_key: str | dict[str, str] | None = None,
             raise bad_request("this model has no tokenizer", "model")
         if body.messages is not None:
             try:
-                ids, _ = engine.chat_prompt([{"role": m.role, "content": m.content}
-                                             for m in body.messages])
+                ids, _ = engine.chat_prompt([m.as_dict() for m in body.messages],
+                                            add_generation_prompt=body.add_generation_prompt)
             except ValueError as exc:
                 raise bad_request(str(exc), "messages") from exc
         else:
             ids = engine.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
         ids = [int(i) for i in ids]
-        return JSONResponse({"tokens": ids, "count": len(ids),
-                             "max_model_len": engine.max_model_len})
+        out: dict[str, Any] = {"tokens": ids, "count": len(ids),
+                               "max_model_len": engine.max_model_len}
+        if body.return_token_strs:
+            out["token_strs"] = engine.tokenizer.convert_ids_to_tokens(ids)
+        return JSONResponse(out)
 
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest) -> JSONResponse:

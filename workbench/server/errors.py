@@ -45,7 +45,7 @@ UNSUPPORTED_FIELDS: frozenset[str] = frozenset({
     "prompt_cache_key", "safety_identifier", "guided_json", "guided_regex", "guided_choice",
     "guided_grammar", "structured_outputs",
     # message-level fields
-    "name", "tool_calls", "tool_call_id", "refusal",
+    "tool_calls", "tool_call_id", "refusal",
 })
 
 

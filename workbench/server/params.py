@@ -66,10 +66,26 @@ def tokenize_prompts(engine: Any, prompts: list[str | list[int]]) -> list[Prepar
     return out
 
 
+def scores_only(body: CompletionRequest) -> bool:
+    """`echo` with `max_tokens: 0`: the prompt is scored (prompt logprobs), nothing generated."""
+    return bool(body.echo) and body.max_tokens == 0
+
+
+def check_prompt_logprobs(body: Any) -> None:
+    """vLLM's rule: prompt logprobs are not streamed."""
+    if body.prompt_logprobs is not None and body.stream:
+        raise bad_request("prompt_logprobs is not available when stream is true",
+                          "prompt_logprobs")
+
+
 def completion_params(body: CompletionRequest, prompts: list[PreparedPrompt],
                       max_model_len: int) -> SamplingParams:
+    """The request's SamplingParams; for `scores_only(body)` they are those of a one-token
+    request (validated like any other, but never run)."""
     kwargs = _common_kwargs(body)
     max_tokens = COMPLETION_DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens
+    if scores_only(body):
+        max_tokens = 1
     kwargs["max_tokens"] = max_tokens
     if body.logprobs is not None:
         kwargs["logprobs"] = True

@@ -10,7 +10,14 @@ for exactly what the server does anyway.
 
 Normalised shapes (validators): `CompletionRequest.prompt` -> a list of prompts, each a str or a
 non-empty list of token ids; a chat message's `content` -> one str (text parts joined with "\n");
-role "developer" -> "system".
+role "developer" -> "system"; `model: ""` -> None (the default model, as vLLM serves it); `seed`, any
+signed 64-bit integer (OpenAI's range) -> `seed mod 2**63`, the engine's seed range (so -1 and
+2**63 - 1 name the same random stream; every other pair of seeds differs).
+
+Chat messages follow vLLM, not the strict rule: `name` is accepted (handed to the chat template),
+other unknown keys in a message are ignored, and any role is accepted (the template decides what
+it means), except "tool" and "function" and a non-empty `tool_calls`/`tool_call_id` (there is no
+tool calling, so a 400).
 """
 
 from __future__ import annotations
@@ -48,8 +55,13 @@ class _Body(BaseModel):
         return _drop_neutral(data)
 
 
+SEED_MIN, SEED_MAX = -(2**63), 2**63  # OpenAI's seed: a signed 64-bit integer (max exclusive)
+ENGINE_SEED_RANGE = 2**63  # SamplingParams.seed is in [0, 2**63)
+
+
 class StreamOptions(_Body):
     include_usage: bool = False
+    continuous_usage_stats: bool = Field(False, description="vLLM extension: usage in every chunk")
 
 
 class _SamplingRequest(_Body):
@@ -77,6 +89,24 @@ class _SamplingRequest(_Body):
                              "other engines accept it and ignore it, as OpenAI's API allows")
     priority: int | None = Field(None, description="vLLM extension: lower runs first (engines "
                                  "with a priority policy; others reject a value other than 0)")
+
+    prompt_logprobs: int | None = Field(
+        None, ge=0, le=20, description="vLLM extension: logprobs of the prompt tokens, with this "
+        "many alternatives per position (top-level `prompt_logprobs` in the response)")
+
+    @field_validator("model")
+    @classmethod
+    def _empty_model_is_default(cls, value: str | None) -> str | None:
+        return value or None
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, value: int | None) -> int | None:
+        if value is None:
+            return None
+        if not SEED_MIN <= value < SEED_MAX:
+            raise ValueError(f"seed must be a signed 64-bit integer, got {value}")
+        return value % ENGINE_SEED_RANGE
 
     @field_validator("stream_options")
     @classmethod
@@ -108,7 +138,8 @@ class CompletionRequest(_SamplingRequest):
     """POST /v1/completions."""
 
     prompt: Any = Field(..., description="str, list of str, token ids or list of token-id lists")
-    max_tokens: int | None = Field(None, description="default 16 (OpenAI's legacy default)")
+    max_tokens: int | None = Field(None, description="default 16 (OpenAI's legacy default); 0 "
+                                  "with echo scores the prompt and generates nothing")
     echo: bool | None = False
     logprobs: int | None = Field(None, ge=0, le=20,
                                  description="number of top alternatives per token (legacy shape)")
@@ -123,7 +154,7 @@ class CompletionRequest(_SamplingRequest):
         return self.prompt
 
 
-_ROLES = ("system", "user", "assistant", "developer")
+_NO_TOOLS = ("tool", "function")
 
 
 def normalize_content(value: Any) -> str:
@@ -146,17 +177,35 @@ def normalize_content(value: Any) -> str:
 
 
 class ChatMessage(_Body):
+    model_config = ConfigDict(extra="ignore", strict=True)  # vLLM ignores unknown message keys
+
     role: str
     content: Any = Field(..., description="a string or a list of text parts")
+    name: str | None = None
 
     @field_validator("role")
     @classmethod
     def _role(cls, value: str) -> str:
-        if value in ("tool", "function"):
+        if value in _NO_TOOLS:
             raise ValueError(f"{value!r} messages are not supported (no tool calling)")
-        if value not in _ROLES:
-            raise ValueError(f"role must be one of {', '.join(_ROLES)}, got {value!r}")
+        if not value:
+            raise ValueError("role must be a non-empty string")
         return "system" if value == "developer" else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_tool_calls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in ("tool_calls", "tool_call_id"):
+                if data.get(key):
+                    raise ValueError(f"{key} is not supported (no tool calling)")
+        return data
+
+    def as_dict(self) -> dict[str, str]:
+        d = {"role": self.role, "content": self.content}
+        if self.name is not None:
+            d["name"] = self.name
+        return d
 
     @field_validator("content", mode="before")
     @classmethod
@@ -188,16 +237,25 @@ class ChatCompletionRequest(_SamplingRequest):
             else self.max_tokens
 
     def message_dicts(self) -> list[dict[str, str]]:
-        return [{"role": m.role, "content": m.content} for m in self.messages]
+        return [m.as_dict() for m in self.messages]
 
 
 class TokenizeRequest(_Body):
-    """POST /tokenize: exactly one of `prompt` or `messages` (chat template applied)."""
+    """POST /tokenize: exactly one of `prompt` or `messages` (chat template applied, with the
+    assistant's turn opened unless `add_generation_prompt` is false); `return_token_strs` adds
+    each token's text (vLLM's fields)."""
 
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
     add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+    return_token_strs: bool = False
+
+    @field_validator("model")
+    @classmethod
+    def _empty_model_is_default(cls, value: str | None) -> str | None:
+        return value or None
 
     @model_validator(mode="after")
     def _one_input(self):
@@ -211,3 +269,8 @@ class DetokenizeRequest(_Body):
 
     model: str | None = None
     tokens: list[int]
+
+    @field_validator("model")
+    @classmethod
+    def _empty_model_is_default(cls, value: str | None) -> str | None:
+        return value or None

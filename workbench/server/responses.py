@@ -10,7 +10,13 @@ Shapes (as the official `openai` client parses them):
 - usage: `{prompt_tokens, completion_tokens, total_tokens}`; prompt tokens count each prompt once
   (not once per `n`), completion tokens every generated token of every choice.
 - logprobs, chat: `{content: [{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]}`;
-  legacy completions: `{tokens, token_logprobs, top_logprobs: [{token: logprob}], text_offset}`.
+  legacy completions: `{tokens, token_logprobs, top_logprobs: [{token: logprob}], text_offset}`;
+  each `top_logprobs` entry holds the sampled token and the `logprobs` most likely ones (so
+  `logprobs: 0` gives one entry per position, as OpenAI and vLLM do). With `echo`, the prompt's
+  tokens come first: `token_logprobs[0]` and `top_logprobs[0]` are null (nothing predicts the
+  first token), and `text_offset` counts from the start of the prompt.
+- prompt logprobs, vLLM's shape: `[null, {token id: {logprob, rank, decoded_token}}, ...]`, one
+  entry per prompt position, holding the prompt token and the `prompt_logprobs` most likely ones.
   Token strings are each token decoded alone (a byte-level piece of a character decodes to U+FFFD,
   its `bytes` are the UTF-8 of that string).
 """
@@ -21,6 +27,7 @@ import time
 import uuid
 from typing import Any, Sequence
 
+from workbench.engines.prompt_logprobs import PromptLogprob
 from workbench.engines.types import CompletionOutput, Logprob
 
 
@@ -67,18 +74,50 @@ def chat_logprobs(lps: Sequence[Logprob], text: TokenText) -> dict[str, Any]:
     ]}
 
 
-def completion_logprobs(lps: Sequence[Logprob], text: TokenText, offset: int) -> dict[str, Any]:
-    """Legacy shape; `offset` is the character position of the first token in the choice text."""
+def completion_logprobs(lps: Sequence[Logprob | PromptLogprob | None], text: TokenText,
+                        offset: int, num_top: int | None = None,
+                        first_token: int | None = None) -> dict[str, Any]:
+    """Legacy shape; `offset` is the character position of the first token in the choice text.
+    A None entry (the first prompt token, whose id is `first_token`) has null logprobs.
+    `num_top`: alternatives per position (default: all the entry has)."""
     tokens, token_logprobs, tops, offsets = [], [], [], []
     for lp in lps:
-        s = text(lp.token_id)
+        s = text(first_token if lp is None else lp.token_id)
         tokens.append(s)
-        token_logprobs.append(lp.logprob)
-        tops.append({text(tid): v for tid, v in lp.top})
         offsets.append(offset)
         offset += len(s)
+        if lp is None:
+            token_logprobs.append(None)
+            tops.append(None)
+            continue
+        token_logprobs.append(lp.logprob)
+        top = lp.top if num_top is None else lp.top[:num_top]
+        tops.append({s: lp.logprob, **{text(tid): v for tid, v in top if text(tid) != s}})
     return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": tops,
             "text_offset": offsets}
+
+
+def join_logprobs(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Two legacy logprobs dicts, one after the other (echoed prompt, then completion)."""
+    if a is None or b is None:
+        return a or b
+    return {k: a[k] + b[k] for k in a}
+
+
+def vllm_prompt_logprobs(plps: Sequence[PromptLogprob | None], text: TokenText,
+                         num_top: int) -> list[dict[str, Any] | None]:
+    """vLLM's `prompt_logprobs` (see the module docstring)."""
+    out: list[dict[str, Any] | None] = []
+    for lp in plps:
+        if lp is None:
+            out.append(None)
+            continue
+        entry = {str(lp.token_id): {"logprob": lp.logprob, "rank": lp.rank,
+                                    "decoded_token": text(lp.token_id)}}
+        for rank, (tid, v) in enumerate(lp.top[:num_top], start=1):
+            entry.setdefault(str(tid), {"logprob": v, "rank": rank, "decoded_token": text(tid)})
+        out.append(entry)
+    return out
 
 
 def delta_logprobs(out: CompletionOutput) -> list[Logprob]:
@@ -125,14 +164,18 @@ class ChunkMaker:
         return {"id": self.id, "object": self.object, "created": self.created,
                 "model": self.model, "choices": choices, **extra}
 
-    def role(self, index: int) -> dict[str, Any]:
-        """Chat only: the first chunk of a choice."""
-        return self._chunk([{"index": index, "delta": {"role": "assistant", "content": ""},
-                             "logprobs": None, "finish_reason": None}])
+    def _chunk_usage(self, choices: list[dict[str, Any]],
+                     usage_: dict[str, int] | None) -> dict[str, Any]:
+        return self._chunk(choices, **({"usage": usage_} if usage_ is not None else {}))
+
+    def role(self, index: int, usage: dict[str, int] | None = None) -> dict[str, Any]:
+        """Chat only: the first chunk of a choice (`usage`: vLLM's continuous usage stats)."""
+        return self._chunk_usage([{"index": index, "delta": {"role": "assistant", "content": ""},
+                                   "logprobs": None, "finish_reason": None}], usage)
 
     def delta(self, index: int, text: str, logprobs: dict[str, Any] | None = None,
-              finish_reason: str | None = None, stop_reason: str | int | None = None
-              ) -> dict[str, Any]:
+              finish_reason: str | None = None, stop_reason: str | int | None = None,
+              usage: dict[str, int] | None = None) -> dict[str, Any]:
         if self.kind == "chat":
             choice = {"index": index, "delta": {"content": text} if text else {}}
         else:
@@ -140,7 +183,7 @@ class ChunkMaker:
         choice.update(logprobs=logprobs, finish_reason=finish_reason)
         if finish_reason is not None:
             choice["stop_reason"] = stop_reason
-        return self._chunk([choice])
+        return self._chunk_usage([choice], usage)
 
     def usage(self, usage_: dict[str, int]) -> dict[str, Any]:
         return self._chunk([], usage=usage_)
