@@ -35,6 +35,7 @@ from workbench.engines.types import EngineError, Prompt, PromptTooLongError, Req
 from workbench.loading.loader import LoadedModel
 from workbench.metrics import MetricsCollector
 from workbench.sampling_params import SamplingParams
+from workbench.text_input import check_text, check_texts
 
 
 def _is_token_ids(x) -> bool:
@@ -108,7 +109,7 @@ class Engine(abc.ABC):
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise ValueError("this model has no tokenizer: pass token ids instead of text")
-            ids = self.tokenizer.encode(prompt)
+            ids = self.tokenizer.encode(check_text("prompt", prompt))
             text = prompt
         elif _is_token_ids(prompt):
             ids = list(prompt)
@@ -134,6 +135,7 @@ class Engine(abc.ABC):
     def chat_prompt(self, messages) -> tuple[list[int], str]:
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer, so no chat template")
+        check_texts("messages", messages)
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         return list(ids), text

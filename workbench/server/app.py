@@ -46,6 +46,7 @@ from workbench.server.registry import ServedModels
 from workbench.server.request_log import RequestLog
 from workbench.server.responses import TokenText
 from workbench.server.serving import create_chat_completion, create_completion
+from workbench.text_input import check_text
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -116,6 +117,10 @@ def create_app(engines: Any, *, api_key: str | dict[str, str] | None = None,
             except ValueError as exc:
                 raise bad_request(str(exc), "messages") from exc
         else:
+            try:
+                check_text("prompt", body.prompt)
+            except ValueError as exc:
+                raise bad_request(str(exc), "prompt") from exc
             ids = engine.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
         ids = [int(i) for i in ids]
         return JSONResponse({"tokens": ids, "count": len(ids),
