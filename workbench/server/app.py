@@ -5,7 +5,8 @@ Routes:
     POST /v1/chat/completions   chat completions with the tokenizer's chat template
     GET  /v1/models             {"object": "list", "data": [{id, object: "model",
                                 max_model_len, ...}]}
-    GET  /health                200 {"status": "ok"} (never needs the API key)
+    GET  /health                200 {"status": "ok"}, or 503 with the reason when an engine is
+                                dead or the server drains (see `health.py`; never needs the key)
     GET  /metrics               Prometheus text of every served engine's collector
     POST /tokenize              {model?, prompt | messages, add_special_tokens?} ->
                                 {tokens, count, max_model_len}
@@ -39,6 +40,7 @@ from fastapi.responses import JSONResponse, Response
 from workbench.metrics import render_many
 from workbench.server.errors import APIError, bad_request, install_error_handlers
 from workbench.server.generation import ActiveGenerations
+from workbench.server.health import problems, render_server_metrics
 from workbench.server.middleware import APIKeyAuth, BodySizeLimit
 from workbench.server.protocol import (ChatCompletionRequest, CompletionRequest,
                                        DetokenizeRequest, TokenizeRequest)
@@ -80,8 +82,13 @@ def create_app(engines: Any, *, api_key: str | dict[str, str] | None = None,
     install_error_handlers(app)
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> JSONResponse:
+        if getattr(app.state, "draining", False):
+            return JSONResponse({"status": "draining"}, status_code=503)
+        dead = problems(served)
+        if dead:
+            return JSONResponse({"status": "unhealthy", "engines": dead}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -93,7 +100,8 @@ def create_app(engines: Any, *, api_key: str | dict[str, str] | None = None,
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(render_many(served.collectors()), media_type=PROMETHEUS_CONTENT_TYPE)
+        return Response(render_many(served.collectors()) + render_server_metrics(served),
+                        media_type=PROMETHEUS_CONTENT_TYPE)
 
     @app.post("/v1/completions")
     async def completions(request: Request, body: CompletionRequest) -> Response:
