@@ -22,7 +22,8 @@ Lifecycle: at startup the app calls `start()` on every engine that has one and i
 shutdown it stops those it started (`stop_engines=None`, the default), all of them (`True`) or none
 (`False`). `end_generations(app)` (thread-safe) ends every generation in flight, as a server
 about to stop does: waiting clients get a 503, streams an error event, engines abort the requests.
-Errors always use the OpenAI envelope (see `errors.py`). `request_log` (a bounded
+`ServerHandle.stop(drain=...)` first drains (`drain.py`): new requests get 503 while those in
+flight finish. Errors always use the OpenAI envelope (see `errors.py`). `request_log` (a bounded
 `collections.deque`) receives one entry per answered request (see `request_log.py`).
 """
 
@@ -39,6 +40,7 @@ from fastapi.responses import JSONResponse, Response
 
 from workbench.metrics import render_many
 from workbench.server.errors import APIError, bad_request, install_error_handlers
+from workbench.server.drain import DrainGate
 from workbench.server.generation import ActiveGenerations
 from workbench.server.health import problems, render_server_metrics
 from workbench.server.middleware import APIKeyAuth, BodySizeLimit
@@ -162,6 +164,7 @@ def create_app(engines: Any, *, api_key: str | dict[str, str] | None = None,
             done[name] = await asyncio.to_thread(engine.reset_prefix_cache)
         return JSONResponse({"reset": done})
 
+    app.add_middleware(DrainGate)  # 503s while shutting down (drain.py)
     app.add_middleware(BodySizeLimit, max_body_bytes=max_body_bytes)
     if api_key is not None:
         app.add_middleware(APIKeyAuth, api_key=api_key)
