@@ -44,6 +44,7 @@ from workbench.server.drain import DrainGate
 from workbench.server.generation import ActiveGenerations
 from workbench.server.health import problems, render_server_metrics
 from workbench.server.middleware import APIKeyAuth, BodySizeLimit
+from workbench.server.openapi import install_openapi
 from workbench.server.protocol import (ChatCompletionRequest, CompletionRequest,
                                        DetokenizeRequest, TokenizeRequest)
 from workbench.server.registry import ServedModels
@@ -164,6 +165,7 @@ def create_app(engines: Any, *, api_key: str | dict[str, str] | None = None,
             done[name] = await asyncio.to_thread(engine.reset_prefix_cache)
         return JSONResponse({"reset": done})
 
+    install_openapi(app, api_key=api_key is not None)  # the codes it really answers
     app.add_middleware(DrainGate)  # 503s while shutting down (drain.py)
     app.add_middleware(BodySizeLimit, max_body_bytes=max_body_bytes)
     if api_key is not None:
