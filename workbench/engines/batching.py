@@ -52,9 +52,9 @@ def top_logprob_width(params: Sequence[SamplingParams]) -> int:
 
 
 def prepare_request(request, eos_token_ids: Sequence[int]) -> None:
-    """Build one request's sampling rows on the host (every sequence's parameters turned into the
-    device's dtypes), so a request whose inputs cannot be prepared fails alone, before it joins a
+    """Build one request's sampling rows on the host, in numpy (every sequence's parameters turned
+    into the device's dtypes; nothing is compiled or transferred), so a request whose inputs cannot be prepared fails alone, before it joins a
     batch (the runners' `prepare`, see `engine_core.py`)."""
     seqs = request.sequences
-    SamplingTensors.from_params([s.params for s in seqs], eos_token_ids=eos_token_ids,
+    SamplingTensors.host_arrays([s.params for s in seqs], eos_token_ids=eos_token_ids,
                                 seeds=[s.seed for s in seqs])
