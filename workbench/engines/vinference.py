@@ -1,7 +1,8 @@
 """vInference: the baseline engine. Static batching.
 
 Lifecycle of a call: requests are validated and tokenized up front (a bad prompt fails before any
-work); their sequences (n per request) are cut into batches of at most `max_batch_size`. Each batch
+work); their sequences (n per request) are cut into batches of at most `max_batch_size` whose
+KV cache fits the KV budget (`kv_cache_memory`, default from `kv_budget.py`). Each batch
 runs to completion: pad to a (batch, prefill length) bucket -> one prefill that samples the first
 token -> a jitted `lax.while_loop` decode over a donated contiguous KV cache, `streaming_chunk`
 steps per dispatch -> the host detokenizes each chunk, applies stop strings and streams deltas.
@@ -36,6 +37,7 @@ from workbench.engines.batch_queue import BatchQueue
 from workbench.engines.batching import build_prefill_batch, prepare_request
 from workbench.engines.buckets import pick_bucket, pow2_buckets, prompt_buckets
 from workbench.engines.decode_reads import DecodeReads
+from workbench.engines.kv_budget import kv_budget_bytes, kv_bytes_per_token
 from workbench.engines.model_runner import DecodeState, runner_for
 from workbench.engines.engine_core import mark_running
 from workbench.engines.request import Request, Sequence
@@ -60,8 +62,12 @@ class vInference(Engine):  # noqa: N801 - the engine's name
                  batch_buckets: tuple[int, ...] | None = None, streaming_chunk: int = 16,
                  cache_buckets: tuple[int, ...] | None = None, decode_read: str | None = None,
                  block_size: int = 64, block_buckets: tuple[int, ...] | None = None,
-                 read_buckets: tuple[int, ...] | None = None, max_waiting: int = 1024):
+                 read_buckets: tuple[int, ...] | None = None, max_waiting: int = 1024,
+                 kv_cache_memory: int | str | None = None):
         super().__init__(model, max_model_len=max_model_len)
+        # Each batch's cache fits the KV budget (kv_budget.py): fewer rows per batch if need be.
+        self.kv_budget = kv_budget_bytes(kv_cache_memory)
+        self._token_bytes = kv_bytes_per_token(model.config, model.dtype)
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if streaming_chunk < 1:
@@ -220,8 +226,7 @@ class vInference(Engine):  # noqa: N801 - the engine's name
             self.collector.on_arrival(req.request_id, len(req.prompt_ids))
         try:
             rows = [(r, s) for r in requests if self._prepare(r) for s in r.sequences]
-            for i in range(0, len(rows), self.max_batch_size):
-                batch = rows[i:i + self.max_batch_size]
+            for batch in self._batches(rows):
                 try:
                     yield from self._run_batch(batch)
                 except Exception as e:  # this batch's requests fail, not others
@@ -237,6 +242,26 @@ class vInference(Engine):  # noqa: N801 - the engine's name
     def prepare(self, req: Request) -> None:
         """Check one request's inputs on the host before it joins a batch."""
         prepare_request(req, self.eos_token_ids)
+
+    def _cache_bytes(self, rows: list[Row]) -> int:
+        """Bytes of the cache `_run_batch` allocates for `rows` (padded to its buckets)."""
+        B = pick_bucket(len(rows), self.batch_buckets)
+        S = pick_bucket(max(len(r.prompt_ids) + s.params.max_tokens for r, s in rows),
+                        self.cache_buckets)
+        return B * S * self._token_bytes
+
+    def _batches(self, rows: list[Row]) -> Iterator[list[Row]]:
+        """`rows` cut into batches of at most `max_batch_size` whose cache fits the KV budget
+        (a single row always runs: `max_model_len` bounds it)."""
+        batch: list[Row] = []
+        for row in rows:
+            if batch and (len(batch) == self.max_batch_size
+                          or self._cache_bytes(batch + [row]) > self.kv_budget):
+                yield batch
+                batch = []
+            batch.append(row)
+        if batch:
+            yield batch
 
     def _prepare(self, req: Request) -> bool:
         """`prepare(req)`; False (and the request failed) if it raises."""

@@ -77,6 +77,9 @@ def create_app(engines: Any, *, api_key: str | dict[str, str] | None = None,
             yield
         finally:
             served.stop()
+            # uvloop's loop takes no part in cyclic GC: a reference from the app to its loop
+            # would keep both (and the app's routes and token tables) alive after a stop
+            app.state.loop = None
 
     app = FastAPI(title=f"{title} OpenAI-compatible API", lifespan=lifespan)
     app.state.served = served
