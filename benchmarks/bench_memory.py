@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import gc
+import itertools
 import json
 import subprocess
 import sys
@@ -66,7 +67,7 @@ def child(engine_name: str, cycles: int) -> dict:
         gc.collect()
         after.append(rss_bytes())
     engine.close()
-    growth = [(b - a) / MB for a, b in zip(after[1:], after[2:])]
+    growth = [(b - a) / MB for a, b in itertools.pairwise(after[1:])]
     return {"engine": engine_name, "ok": codes.count(200), "loaded_mb": loaded / MB,
             "idle_mb": idle / MB, "serving_peak_mb": max(peak) / MB,
             "process_peak_mb": peak_rss_bytes() / MB, "kv_reserved_mb": (kv[0] if kv else 0) / MB,

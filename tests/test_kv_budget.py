@@ -57,7 +57,11 @@ def test_free_device_bytes_reads_memory_stats():
 
 def test_kv_budget_bytes_and_the_contiguous_engines_fit_it(monkeypatch):
     from tests.reliability_support import build, tiny_lm
-    from workbench.engines.kv_budget import DEFAULT_CPU_BYTES, kv_budget_bytes, kv_bytes_per_token
+    from workbench.engines.kv_budget import (
+        DEFAULT_CPU_BYTES,
+        kv_budget_bytes,
+        kv_bytes_per_token,
+    )
     from workbench.sampling_params import SamplingParams
 
     assert kv_budget_bytes("1MiB") == 1 << 20
