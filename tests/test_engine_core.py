@@ -6,10 +6,11 @@ import time
 
 import pytest
 
-from workbench.engines.engine_core import EngineCore, mark_running
+from workbench.engines.engine_core import MAX_CONSECUTIVE_FAULTS, EngineCore, mark_running
 from workbench.engines.request import Request
 from workbench.engines.sampled_tokens import append_sampled
-from workbench.engines.types import EngineError, EngineOverloadedError, RequestStatus
+from workbench.engines.types import (EngineDeadError, EngineError, EngineOverloadedError,
+                                    RequestFailedError, RequestStatus)
 from workbench.metrics import MetricsCollector
 from workbench.sampling_params import SamplingParams
 
@@ -90,19 +91,30 @@ class FakeScheduler:
 class FakeRunner:
     """Token 7 for every row; logs its calls so the test can see the pipelining."""
 
-    def __init__(self, delay=0.0, fail_at=None):
+    def __init__(self, delay=0.0, fail_at=None, fail_times=None, bad_inputs=(),
+                 fail_allocate_at=None):
         self.log, self.delay, self.fail_at = [], delay, fail_at
+        self.fail_times = fail_times  # None: every step from fail_at on fails
+        self.bad_inputs, self.fail_allocate_at = set(bad_inputs), fail_allocate_at
         self.allocated = self.freed = 0
         self._step = 0
 
     def allocate(self):
+        if self.allocated == self.fail_allocate_at:
+            raise MemoryError("no memory left")
         self.allocated += 1
+
+    def prepare(self, req):
+        if req.request_id in self.bad_inputs:
+            raise OverflowError("an input does not fit its dtype")
 
     def free(self):
         self.freed += 1
 
     def execute(self, plan):
-        if self._step == self.fail_at:
+        if self._step == self.fail_at and self.fail_times != 0:
+            if self.fail_times is not None:
+                self.fail_times -= 1
             raise RuntimeError("device on fire")
         self.log.append(("execute", self._step))
         self._step += 1
@@ -113,6 +125,13 @@ class FakeRunner:
         time.sleep(self.delay)
         self.log.append(("fetch", step))
         return tokens
+
+
+def wait_until(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return predicate()
 
 
 def _request(rid, max_tokens=3, n=1):
@@ -203,11 +222,78 @@ def test_abort_stop_restart_and_overload():
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-def test_a_failing_runner_fails_every_request_and_the_process_lives():
-    core = _core(FakeRunner(fail_at=0))
-    stream = core.submit(_request("x"))
-    with pytest.raises(EngineError, match="fake driver failed: RuntimeError: device on fire"):
-        stream.get(timeout=10)
+def test_a_failed_step_fails_its_requests_and_the_core_rebuilds_and_serves_on():
+    runner = FakeRunner(fail_at=2, fail_times=1, delay=0.01)
+    core = _core(runner)
+    a = core.submit(_request("a", max_tokens=8))
+    with pytest.raises(RequestFailedError, match="a device step failed: RuntimeError: device "):
+        _drain(a)
+    assert runner.freed == 1 and runner.allocated == 2  # device state rebuilt
+    assert _drain(core.submit(_request("b", max_tokens=3)))[-1].outputs[0].token_ids == [7] * 3
+    assert core.failure is None and core.num_faults == 1 and core.running
+    assert core.collector.snapshot()["finished_by_reason"]["error"] == 1
+    core.stop()
+
+
+def test_requests_not_yet_taken_in_survive_a_failed_step():
+    runner = FakeRunner(fail_at=0, fail_times=1, delay=0.05)
+
+    class OneAtATime(FakeScheduler):  # admits one request per step, the next stay waiting
+        def schedule(self):
+            waiting, self.waiting = self.waiting, self.waiting[:1]
+            plan = super().schedule()
+            self.waiting = waiting[1:]
+            return plan
+
+    core = EngineCore(name="fake", make_scheduler=OneAtATime, runner=runner,
+                      collector=MetricsCollector("fake", "m"))
+    streams = [core.submit(_request(r, max_tokens=2)) for r in "abc"]
+    results = {}
+    for rid, s in zip("abc", streams):
+        try:
+            results[rid] = _drain(s)[-1].outputs[0].finish_reason
+        except RequestFailedError:
+            results[rid] = "error"
+    assert results["a"] == "error" and results["b"] == results["c"] == "length", results
+    core.stop()
+
+
+def test_a_request_whose_inputs_cannot_be_prepared_fails_alone():
+    core = _core(FakeRunner(bad_inputs={"bad"}))
+    good, bad = core.submit(_request("good")), core.submit(_request("bad"))
+    with pytest.raises(RequestFailedError, match="preparing its inputs failed: OverflowError"):
+        _drain(bad)
+    assert _drain(good)[-1].outputs[0].token_ids == [7] * 3
+    assert core.num_faults == 0 and core.failure is None
+    core.stop()
+
+
+def test_a_core_that_keeps_failing_is_dead_and_fails_fast():
+    runner = FakeRunner(fail_at=0)  # every step fails
+    core = _core(runner)
+    for i in range(MAX_CONSECUTIVE_FAULTS):
+        with pytest.raises(EngineError):
+            _drain(core.submit(_request(f"r{i}")))
+    assert wait_until(lambda: not core.running)
+    assert "in a row failed" in core.failure
+    allocated = runner.allocated
+    with pytest.raises(EngineDeadError, match="cannot recover"):
+        core.submit(_request("late"))
+    assert runner.allocated == allocated  # no driver restart
+    core.stop()
+    core.start()  # an explicit restart clears the failure
+    assert core.failure is None
+    core.stop()
+
+
+def test_a_core_whose_state_cannot_be_rebuilt_is_dead():
+    core = _core(FakeRunner(fail_at=0, fail_times=1, fail_allocate_at=1))
+    with pytest.raises(EngineError):
+        _drain(core.submit(_request("a")))
+    assert wait_until(lambda: core.failure is not None)
+    assert "rebuilding after a failed step failed: MemoryError" in core.failure
+    with pytest.raises(EngineDeadError):
+        core.submit(_request("b"))
     core.stop()
 
 

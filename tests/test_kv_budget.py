@@ -20,7 +20,7 @@ def test_sizes_parse():
 def test_each_budget_kind(monkeypatch):
     assert num_pages_for(**KW, num_pages=50) == 50
     assert num_pages_for(**KW, kv_cache_memory="64KB") == 64
-    # the CPU keeps no memory statistics: enough for max_num_seqs sequences, at most 1 GiB
+    # the CPU keeps no memory statistics: enough for max_num_seqs sequences, at most 512 MiB
     monkeypatch.setattr(kv_budget, "free_device_bytes", lambda device=None: None)
     assert num_pages_for(**KW) == 4 * 10
     with pytest.raises(ValueError, match="needs a GPU or TPU"):
@@ -53,3 +53,35 @@ def test_free_device_bytes_reads_memory_stats():
 
     assert kv_budget.free_device_bytes(Device({"bytes_limit": 100, "bytes_in_use": 30})) == 70
     assert kv_budget.free_device_bytes(Device(None)) is None
+
+
+def test_kv_budget_bytes_and_the_contiguous_engines_fit_it(monkeypatch):
+    from tests.reliability_support import build, tiny_lm
+    from workbench.engines.kv_budget import (
+        DEFAULT_CPU_BYTES,
+        kv_budget_bytes,
+        kv_bytes_per_token,
+    )
+    from workbench.sampling_params import SamplingParams
+
+    assert kv_budget_bytes("1MiB") == 1 << 20
+    monkeypatch.setattr(kv_budget, "free_device_bytes", lambda device=None: None)
+    assert kv_budget_bytes() == DEFAULT_CPU_BYTES == 512 << 20
+    lm = tiny_lm()
+    per_token = kv_bytes_per_token(lm.config, lm.dtype)  # 2 layers x 2 heads x 8 x 2 x 4 bytes
+    assert per_token == 2 * 2 * 2 * 8 * 4
+    # vSurge: as many of the asked slots as fit the budget
+    eng = build("vsurge", kv_cache_memory=3 * 64 * per_token)
+    assert eng.max_concurrent_decodes == 3
+    eng.start()
+    assert eng.kv_cache_bytes() == 3 * 64 * per_token
+    eng.close()
+    with pytest.raises(ValueError, match="holds no slot of max_model_len 64"):
+        build("vsurge", kv_cache_memory=64 * per_token - 1)
+    # vInference: batches cut so that each one's cache fits (4 rows x a 64-token bucket = 2 rows)
+    eng = build("vinference", kv_cache_memory=2 * 64 * per_token, cache_buckets=(64,))
+    sizes = []
+    run_batch = eng._run_batch
+    eng._run_batch = lambda rows: (sizes.append(len(rows)), (yield from run_batch(rows)))[1]
+    outs = eng.generate(["a", "b", "c", "d", "e"], SamplingParams(max_tokens=2, temperature=0))
+    assert sizes == [2, 2, 1] and all(o.finished for o in outs)

@@ -70,7 +70,7 @@ def test_snapshot_exact_numbers():
     assert (s["num_slots_used"], s["num_slots_total"]) == (2, 8)
     assert s["kv_cache_usage_perc"] == 0.25
     assert s["num_requests_finished"] == 2
-    assert s["finished_by_reason"] == {"stop": 1, "length": 1, "abort": 0}
+    assert s["finished_by_reason"] == {"stop": 1, "length": 1, "abort": 0, "error": 0}
     assert s["prompt_tokens_total"] == 10
     assert s["generation_tokens_total"] == 7 + 2
     assert s["prefix_cache_hit_rate"] == pytest.approx(0.4)
@@ -231,7 +231,7 @@ def test_unknown_request_ids_are_noops():
     m.on_finish("r", "abort", now=0.6)
     s = m.snapshot(now=1.0)
     assert s["num_requests_finished"] == 1
-    assert s["finished_by_reason"] == {"stop": 1, "length": 0, "abort": 0}
+    assert s["finished_by_reason"] == {"stop": 1, "length": 0, "abort": 0, "error": 0}
     assert s["generation_tokens_total"] == 0 and s["num_preemptions"] == 0
 
 

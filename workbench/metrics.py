@@ -132,7 +132,7 @@ __all__ = [
     "render_many",
 ]
 
-FINISHED_REASONS: tuple[str, ...] = ("stop", "length", "abort")
+FINISHED_REASONS: tuple[str, ...] = ("stop", "length", "abort", "error")
 
 RECENT_REQUESTS = 50
 RATE_WINDOW_S = 10.0

@@ -68,7 +68,20 @@ class SamplingTensors:
         seeds: Sequence[int],
         pad_to: int | None = None,
     ) -> SamplingTensors:
-        """Build the arrays on the host.
+        """The arrays of `host_arrays(...)` (same arguments), on the device."""
+        arrays = cls.host_arrays(params, eos_token_ids=eos_token_ids, seeds=seeds, pad_to=pad_to)
+        return cls(**{name: jnp.asarray(a) for name, a in arrays.items()})
+
+    @staticmethod
+    def host_arrays(
+        params: Sequence[SamplingParams | None],
+        *,
+        eos_token_ids: Sequence[int],
+        seeds: Sequence[int],
+        pad_to: int | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Build the arrays on the host (numpy, no device work: an engine checks one request's
+        inputs with it before batching, see `batching.prepare_request`).
 
         Args:
             params: one entry per row; None marks an idle row (greedy, no penalties).
@@ -139,7 +152,7 @@ class SamplingTensors:
             eos_ids=eos_ids,
             ignore_eos=ignore_eos,
         )
-        return cls(**{name: jnp.asarray(a) for name, a in arrays.items()})
+        return arrays
 
 
 @jax.tree_util.register_dataclass

@@ -15,7 +15,7 @@ from workbench.engines.base import Engine
 from workbench.engines.engine_core import EngineCore
 from workbench.engines.output_stream import OutputStream
 from workbench.engines.request import Request
-from workbench.engines.types import Prompt, RequestOutput
+from workbench.engines.types import Prompt, RequestFailedError, RequestOutput
 from workbench.sampling_params import SamplingParams
 
 
@@ -43,6 +43,11 @@ class BackgroundEngine(Engine):
     @property
     def running(self) -> bool:
         return self.core.running
+
+    @property
+    def failure(self) -> str | None:
+        """Why the engine is dead (it failed and could not recover), or None."""
+        return self.core.failure
 
     @property
     def scheduler(self):
@@ -102,7 +107,10 @@ class BackgroundEngine(Engine):
             self._check_request(r)
         streams = [self._submit(r) for r in reqs]
         for s in streams:
-            while not s.get().finished:
+            try:
+                while not s.get().finished:
+                    pass
+            except RequestFailedError:  # the output says finish_reason "error"
                 pass
         return [r.output() for r in reqs]
 
@@ -151,7 +159,10 @@ class BackgroundEngine(Engine):
         loop = asyncio.get_running_loop()
         streams = [self._submit(r, loop) for r in reqs]
         for s in streams:
-            while not (await s.aget()).finished:
+            try:
+                while not (await s.aget()).finished:
+                    pass
+            except RequestFailedError:  # the output says finish_reason "error"
                 pass
         return [r.output() for r in reqs]
 

@@ -36,6 +36,7 @@ from workbench.engines.types import EngineError, Prompt, PromptTooLongError, Req
 from workbench.loading.loader import LoadedModel
 from workbench.metrics import MetricsCollector
 from workbench.sampling_params import SamplingParams
+from workbench.text_input import check_text, check_texts
 
 
 def _is_token_ids(x) -> bool:
@@ -109,7 +110,7 @@ class Engine(abc.ABC):
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise ValueError("this model has no tokenizer: pass token ids instead of text")
-            ids = self.tokenizer.encode(prompt)
+            ids = self.tokenizer.encode(check_text("prompt", prompt))
             text = prompt
         elif _is_token_ids(prompt):
             ids = list(prompt)
@@ -135,6 +136,7 @@ class Engine(abc.ABC):
     def chat_prompt(self, messages, add_generation_prompt: bool = True) -> tuple[list[int], str]:
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer, so no chat template")
+        check_texts("messages", messages)
         text = self.tokenizer.apply_chat_template(messages,
                                                   add_generation_prompt=add_generation_prompt)
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,

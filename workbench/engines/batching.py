@@ -49,3 +49,12 @@ def top_logprob_width(params: Sequence[SamplingParams]) -> int:
     return 0 if k == 0 else pick_bucket(k, (1, 5, 20))
 
 
+
+
+def prepare_request(request, eos_token_ids: Sequence[int]) -> None:
+    """Build one request's sampling rows on the host, in numpy (every sequence's parameters turned
+    into the device's dtypes; nothing is compiled or transferred), so a request whose inputs cannot be prepared fails alone, before it joins a
+    batch (the runners' `prepare`, see `engine_core.py`)."""
+    seqs = request.sequences
+    SamplingTensors.host_arrays([s.params for s in seqs], eos_token_ids=eos_token_ids,
+                                seeds=[s.seed for s in seqs])

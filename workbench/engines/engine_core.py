@@ -28,13 +28,27 @@ Contracts (tests drive the core with a fake scheduler and runner, no model):
   core turns "scheduled", "preempted" and "prefix_lookup" (info: queries, hits) into metrics and
   records every event in the request's timeline.
 - runner: `allocate()`, `free()`, `execute(plan) -> handle` (dispatch, do not wait),
-  `fetch(handle) -> host output` (blocks until the device is done).
+  `fetch(handle) -> host output` (blocks until the device is done); optionally
+  `prepare(request)`: build (host only) what the device will need of one request, raising if its
+  inputs cannot be prepared.
+
+Faults stay with their request:
+- `prepare(request)` runs when the driver takes a request in; if it raises, that request alone
+  fails (finish_reason "error"; its stream raises `RequestFailedError`).
+- if an iteration raises (schedule, execute, fetch or update), the requests the scheduler had
+  taken in (they hold device state) fail the same way; the core then rebuilds: the runner's
+  device state is freed and allocated again, a new scheduler is made, and the requests still
+  waiting are handed to it in arrival order. The engine goes on serving them and the next ones.
+- if the rebuild itself raises, or `MAX_CONSECUTIVE_FAULTS` iterations fail with no successful
+  one between them, the engine is dead: `failure` says why, every request fails, and `submit`
+  raises `EngineDeadError` at once (no driver restart) until `stop()` and `start()` again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import queue
 import threading
 import time
@@ -44,8 +58,13 @@ from workbench.engines.output_stream import OutputStream
 from workbench.engines.request import Request
 from workbench.engines.sampled_tokens import record_tokens
 from workbench.engines.timeline import Timeline
-from workbench.engines.types import EngineError, EngineOverloadedError, RequestStatus
+from workbench.engines.types import (EngineDeadError, EngineOverloadedError, RequestFailedError,
+                                    RequestStatus)
 from workbench.metrics import MetricsCollector
+
+logger = logging.getLogger("workbench.engines")
+
+MAX_CONSECUTIVE_FAULTS = 3
 
 
 class EngineCore:
@@ -75,6 +94,9 @@ class EngineCore:
         self.step_times: collections.deque = collections.deque(maxlen=4096)
         self.host_times: collections.deque = collections.deque(maxlen=4096)
         self._blocked = 0.0
+        self.failure: str | None = None  # why the engine is dead (see the module docstring)
+        self.num_faults = 0  # iterations that raised, in all
+        self._consecutive_faults = 0
 
     # ---- lifecycle ----------------------------------------------------------------------------
     @property
@@ -85,6 +107,8 @@ class EngineCore:
         with self._lifecycle:
             if self.running:
                 return
+            self.failure = None  # an explicit restart clears a failure
+            self._consecutive_faults = 0
             self.runner.allocate()
             self._stopping.clear()
             self._thread = threading.Thread(target=self._driver, name=f"{self.name}-driver",
@@ -113,6 +137,9 @@ class EngineCore:
     # ---- requests -----------------------------------------------------------------------------
     def submit(self, req: Request, loop: asyncio.AbstractEventLoop | None = None) -> OutputStream:
         """Queue a validated request (starting the driver if needed); returns its stream."""
+        if self.failure is not None:
+            raise EngineDeadError(f"{self.name} engine has failed and cannot recover: "
+                                  f"{self.failure}")
         if req.request_id in self._requests:
             raise ValueError(f"request id {req.request_id!r} is already in use")
         try:
@@ -160,34 +187,74 @@ class EngineCore:
                     self._wake.wait(0.05)
                     self._wake.clear()
                     continue
-                t0 = time.perf_counter()
-                with self.lock:
-                    plan = self.scheduler.schedule()
-                    self._record_events(plan)
-                if not plan.empty:
-                    self.collector.on_iteration(plan.num_tokens)
-                previous = self._inflight
-                self._inflight = None if plan.empty else (plan, self.runner.execute(plan))
-                if previous is not None:
-                    self._update(previous)  # overlaps with the device running `plan`
-                elif plan.empty:  # nothing could be scheduled and nothing is in flight
-                    self._wake.wait(0.005)
-                    self._wake.clear()
-                wall = time.perf_counter() - t0
-                self.step_times.append(wall)
-                self.host_times.append(wall - self._blocked)
-                self._blocked = 0.0
-                self._update_gauges()
+                try:
+                    self._iteration()
+                except Exception as e:  # noqa: BLE001 - fail the step's requests, rebuild
+                    self._recover(e)
             if self._inflight is not None:
                 self._update(self._inflight)
             self._inflight = None
         except BaseException as e:  # noqa: BLE001 - fail every request, keep the process alive
-            err = EngineError(f"{self.name} driver failed: {type(e).__name__}: {e}")
+            self.failure = self.failure or f"driver failed: {type(e).__name__}: {e}"
+            logger.exception("%s driver failed", self.name)
+            err = EngineDeadError(f"{self.name} engine has failed: {self.failure}")
             for stream in list(self._streams.values()):
                 stream.put(err)
             self._streams.clear()
             self._requests.clear()
-            raise
+
+    def _iteration(self) -> None:
+        t0 = time.perf_counter()
+        with self.lock:
+            plan = self.scheduler.schedule()
+            self._record_events(plan)
+        if not plan.empty:
+            self.collector.on_iteration(plan.num_tokens)
+        previous = self._inflight
+        self._inflight = None if plan.empty else (plan, self.runner.execute(plan))
+        if previous is not None:
+            self._update(previous)  # overlaps with the device running `plan`
+        elif plan.empty:  # nothing could be scheduled and nothing is in flight
+            self._wake.wait(0.005)
+            self._wake.clear()
+        wall = time.perf_counter() - t0
+        self.step_times.append(wall)
+        self.host_times.append(wall - self._blocked)
+        self._blocked = 0.0
+        self._update_gauges()
+
+    def _recover(self, exc: Exception) -> None:
+        """An iteration raised: fail the requests taken in, rebuild device state and scheduler,
+        hand the waiting requests to the new scheduler (see the module docstring)."""
+        self.num_faults += 1
+        self._consecutive_faults += 1
+        logger.error("%s: a driver iteration failed (%s: %s); failing the requests in it and "
+                     "rebuilding", self.name, type(exc).__name__, exc, exc_info=exc)
+        self._inflight = None
+        self._blocked = 0.0
+        reason = f"a device step failed: {type(exc).__name__}: {exc}"
+        with self.lock:
+            self._drain_inbox()  # so that every live request is in the scheduler or failed
+            waiting = []
+            for req in list(self._requests.values()):
+                if req.admitted:
+                    self._fail(req, reason)
+                else:
+                    waiting.append(req)
+            try:
+                self.runner.free()
+                self.runner.allocate()
+                self.scheduler = self._make_scheduler()
+            except Exception as e:
+                self.failure = (f"rebuilding after a failed step failed: {type(e).__name__}: "
+                                f"{e} (the step: {type(exc).__name__}: {exc})")
+                raise EngineDeadError(self.failure) from e
+            for req in waiting:
+                self.scheduler.add(req)
+        if self._consecutive_faults >= MAX_CONSECUTIVE_FAULTS:
+            self.failure = (f"{self._consecutive_faults} driver iterations in a row failed; "
+                            f"the last: {type(exc).__name__}: {exc}")
+            raise EngineDeadError(self.failure) from exc
 
     def _update(self, inflight: tuple[Any, Any]) -> None:
         """Hand the sampled tokens of dispatched work to their requests; stream and finish."""
@@ -201,6 +268,7 @@ class EngineCore:
                     self.timeline.record(req.request_id, "first_token")
                 record_tokens(self.collector, req, n)
                 self._emit(req)
+        self._consecutive_faults = 0
 
     def _record_events(self, plan) -> None:
         for rid, event, info in plan.events:
@@ -226,11 +294,36 @@ class EngineCore:
             if kind == "add":
                 if abort_new:
                     self._finish_aborted(arg.request_id)
-                else:
+                elif self._prepare(arg):
                     self.scheduler.add(arg)
             elif kind == "abort":
                 self.scheduler.abort(arg)  # frees what it holds
                 self._finish_aborted(arg)
+
+    def _prepare(self, req: Request) -> bool:
+        """The runner's `prepare(req)`; False (and the request failed) if it raises."""
+        prepare = getattr(self.runner, "prepare", None)
+        if prepare is None:
+            return True
+        try:
+            prepare(req)
+        except Exception as e:  # noqa: BLE001 - this request's fault only
+            logger.warning("%s: preparing %s failed: %s: %s", self.name, req.request_id,
+                           type(e).__name__, e)
+            self._fail(req, f"preparing its inputs failed: {type(e).__name__}: {e}")
+            return False
+        return True
+
+    def _fail(self, req: Request, reason: str) -> None:
+        """End `req` with finish_reason "error"; its stream raises RequestFailedError."""
+        req.fail(reason)
+        self._requests.pop(req.request_id, None)
+        stream = self._streams.pop(req.request_id, None)
+        self.collector.on_finish(req.request_id, "error")
+        self.timeline.record(req.request_id, "finished", reason="error", error=reason)
+        if stream is not None:
+            stream.put(RequestFailedError(f"request {req.request_id} failed in the {self.name} "
+                                          f"engine: {reason}"))
 
     def _finish_aborted(self, request_id: str) -> None:
         req = self._requests.get(request_id)

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from workbench.engines.batching import top_logprob_width
+from workbench.engines.batching import prepare_request, top_logprob_width
 from workbench.engines.buckets import pick_bucket
 from workbench.engines.esurge_scheduler import ESurgePlan
 from workbench.engines.ragged_batch import StepLayout, build_step
@@ -128,6 +128,10 @@ class ESurgeRunner:
     def free(self) -> None:
         delete_arrays(self.cache, self.state, self._sampling)
         self.cache = self.state = self._sampling = None
+
+    def prepare(self, request) -> None:
+        """Check one request's inputs on the host before it joins a step."""
+        prepare_request(request, self.eos_token_ids)
 
     def execute(self, plan: ESurgePlan) -> SamplerOutput:
         """Dispatch one step (nothing is waited for): row updates, then the step."""

@@ -1,5 +1,7 @@
-"""How many KV pages eSurge allocates: from a page count, a memory size, or a fraction of the free
-device memory. `max_model_len` is a limit on one sequence, never a reservation.
+"""The KV cache budget of every engine, and how many KV pages eSurge allocates from it: from a page
+count, a memory size, or a fraction of the free device memory. `max_model_len` is a limit on one
+sequence, never a reservation. vSurge fits its slots in `kv_budget_bytes(...)` (fewer slots than
+asked when they would not fit) and vInference its static batches (fewer rows per batch).
 
 Exactly one of:
 - `num_pages`: that many pages;
@@ -7,7 +9,7 @@ Exactly one of:
 - `kv_cache_fraction`: a fraction of the device memory still free (GPU/TPU: from
   `device.memory_stats()`, after the params are loaded);
 and by default: on GPU/TPU 0.8 of the free memory, on the CPU (no such statistics)
-`min(1 GiB, enough for max_num_seqs sequences of max_model_len)`. The pool must hold at least
+`min(512 MiB, enough for max_num_seqs sequences of max_model_len)`. The pool must hold at least
 one sequence of `max_model_len` tokens, so no request can wait forever for pages.
 """
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-DEFAULT_CPU_BYTES = 1 << 30
+DEFAULT_CPU_BYTES = 512 << 20
 DEFAULT_FRACTION = 0.8
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -48,6 +50,23 @@ def free_device_bytes(device=None) -> int | None:
     if not stats or "bytes_limit" not in stats:
         return None
     return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+
+
+def kv_budget_bytes(kv_cache_memory: int | str | None = None, device=None) -> int:
+    """Bytes an engine may spend on KV cache: `kv_cache_memory` when given, else on GPU/TPU 0.8
+    of the free device memory, on the CPU `DEFAULT_CPU_BYTES`."""
+    if kv_cache_memory is not None:
+        return parse_bytes(kv_cache_memory)
+    free = free_device_bytes(device)
+    return DEFAULT_CPU_BYTES if free is None else int(free * DEFAULT_FRACTION)
+
+
+def kv_bytes_per_token(cfg, dtype) -> int:
+    """Keys and values of one token over all layers."""
+    import jax.numpy as jnp
+
+    return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim \
+        * jnp.dtype(dtype).itemsize
 
 
 def num_pages_for(*, bytes_per_page: int, page_size: int, max_model_len: int, max_num_seqs: int,

@@ -90,6 +90,10 @@ class Sequence:
         if not self.finished:
             self._finish(RequestStatus.FINISHED_ABORTED)
 
+    def fail(self) -> None:
+        if not self.finished:
+            self._finish(RequestStatus.FINISHED_ERROR)
+
     def _finish(self, status: RequestStatus, stop_reason=None) -> None:
         self.status = status
         self.stop_reason = stop_reason
@@ -152,6 +156,7 @@ class Request:
         self.arrival_time = time.time()
         self.first_token_time: float | None = None
         self.finish_time: float | None = None
+        self.error: str | None = None  # why it failed (finish_reason "error")
         self.sequences = [
             Sequence(i, params, tokenizer, eos_token_ids, prompt_ids) for i in range(params.n)
         ]
@@ -181,6 +186,19 @@ class Request:
             s.abort()
         if self.finish_time is None:
             self.finish_time = time.time()
+
+    def fail(self, error: str) -> None:
+        """End every unfinished sequence with finish_reason "error"; `error` says why."""
+        self.error = error
+        for s in self.sequences:
+            s.fail()
+        if self.finish_time is None:
+            self.finish_time = time.time()
+
+    @property
+    def admitted(self) -> bool:
+        """Whether a scheduler has taken it in (it holds, or held, device state)."""
+        return any(s.status != RequestStatus.WAITING or s.output_ids for s in self.sequences)
 
     def output(self, delta: bool = False) -> RequestOutput:
         return RequestOutput(

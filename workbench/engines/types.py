@@ -1,7 +1,9 @@
 """Types shared by every engine: request lifecycle, outputs, errors.
 
 A request's lifecycle is an ordered enum, WAITING < RUNNING < PREEMPTED < FINISHED_*; every
-finished state maps to one OpenAI `finish_reason` ("stop", "length", "abort").
+finished state maps to one OpenAI `finish_reason` ("stop", "length", "abort", and "error" for a
+request that failed inside the engine: its inputs could not be prepared, or a device step it was
+in raised).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class RequestStatus(enum.IntEnum):
     FINISHED_STOPPED = 3  # EOS, a stop token id or a stop string
     FINISHED_LENGTH = 4  # max_tokens reached (or the model's context is full)
     FINISHED_ABORTED = 5  # abort(), client disconnect, engine shutdown
+    FINISHED_ERROR = 6  # a fault inside the engine (see RequestFailedError)
 
     @property
     def is_finished(self) -> bool:
@@ -35,11 +38,23 @@ _FINISH_REASONS = {
     RequestStatus.FINISHED_STOPPED: "stop",
     RequestStatus.FINISHED_LENGTH: "length",
     RequestStatus.FINISHED_ABORTED: "abort",
+    RequestStatus.FINISHED_ERROR: "error",
 }
 
 
 class EngineError(RuntimeError):
     """The engine is closed or failed; the request could not run."""
+
+
+class RequestFailedError(EngineError):
+    """This request failed inside the engine (its inputs could not be prepared, or a device step
+    it was in raised); the engine rebuilt its state and serves the other requests. Streams raise
+    it; `generate` returns the request with finish_reason "error". Servers answer 503."""
+
+
+class EngineDeadError(EngineError):
+    """The engine failed and could not recover (its device state could not be rebuilt, or steps
+    kept failing); every request fails fast with it until the engine is restarted."""
 
 
 class EngineOverloadedError(RuntimeError):
@@ -69,7 +84,7 @@ class CompletionOutput:
     delta_text: str = ""  # text added since the previous streamed output
     delta_token_ids: list[int] = dataclasses.field(default_factory=list)
     logprobs: list[Logprob] | None = None
-    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
     stop_reason: str | int | None = None  # the stop string or stop token id that ended it
 
     @property

@@ -1,37 +1,55 @@
 """vInference: the baseline engine. Static batching.
 
 Lifecycle of a call: requests are validated and tokenized up front (a bad prompt fails before any
-work); their sequences (n per request) are cut into batches of at most `max_batch_size`. Each batch
+work); their sequences (n per request) are cut into batches of at most `max_batch_size` whose
+KV cache fits the KV budget (`kv_cache_memory`, default from `kv_budget.py`). Each batch
 runs to completion: pad to a (batch, prefill length) bucket -> one prefill that samples the first
 token -> a jitted `lax.while_loop` decode over a donated contiguous KV cache, `streaming_chunk`
 steps per dispatch -> the host detokenizes each chunk, applies stop strings and streams deltas.
 The next chunk is dispatched before the host reads the current one (JAX dispatch is asynchronous),
 unless a stop string may end a row early. Each chunk reads only the cached positions its rows can
 see by its last step (`decode_reads.py`: ragged blocks per row by default, or a common prefix).
+
+Behind a server (`astream`), requests wait in a bounded `BatchQueue` (`max_waiting`, then
+`EngineOverloadedError`, HTTP 429) and one worker thread runs whatever waits as the next static
+batch; `stop()` ends that thread (a later request starts it again).
+
+Faults stay with their request: a request whose inputs cannot be prepared (`prepare_request`)
+fails alone, before batching; an exception while a batch runs fails that batch's requests and the
+next batches run (each batch builds its own cache, so there is no state to rebuild). A failed
+request ends with finish_reason "error": `generate` returns it so, `stream` raises
+`RequestFailedError`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from typing import Iterator
+from typing import AsyncIterator, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from workbench.engines.base import Engine
-from workbench.engines.batching import build_prefill_batch
+from workbench.engines.batch_queue import BatchQueue
+from workbench.engines.batching import build_prefill_batch, prepare_request
 from workbench.engines.buckets import pick_bucket, pow2_buckets, prompt_buckets
 from workbench.engines.decode_reads import DecodeReads
+from workbench.engines.kv_budget import kv_budget_bytes, kv_bytes_per_token
 from workbench.engines.model_runner import DecodeState, runner_for
 from workbench.engines.engine_core import mark_running
 from workbench.engines.request import Request, Sequence
 from workbench.engines.sampled_tokens import append_sampled, record_tokens
-from workbench.engines.types import Prompt, RequestOutput
+from workbench.engines.types import (EngineOverloadedError, Prompt, RequestFailedError,
+                                    RequestOutput)
 from workbench.loading.loader import LoadedModel
 from workbench.sampling_params import SamplingParams
 
 Row = tuple[Request, Sequence]
+
+logger = logging.getLogger("workbench.engines")
 
 
 class vInference(Engine):  # noqa: N801 - the engine's name
@@ -44,8 +62,12 @@ class vInference(Engine):  # noqa: N801 - the engine's name
                  batch_buckets: tuple[int, ...] | None = None, streaming_chunk: int = 16,
                  cache_buckets: tuple[int, ...] | None = None, decode_read: str | None = None,
                  block_size: int = 64, block_buckets: tuple[int, ...] | None = None,
-                 read_buckets: tuple[int, ...] | None = None):
+                 read_buckets: tuple[int, ...] | None = None, max_waiting: int = 1024,
+                 kv_cache_memory: int | str | None = None):
         super().__init__(model, max_model_len=max_model_len)
+        # Each batch's cache fits the KV budget (kv_budget.py): fewer rows per batch if need be.
+        self.kv_budget = kv_budget_bytes(kv_cache_memory)
+        self._token_bytes = kv_bytes_per_token(model.config, model.dtype)
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if streaming_chunk < 1:
@@ -68,6 +90,12 @@ class vInference(Engine):  # noqa: N801 - the engine's name
                              f"max_model_len {self.max_model_len}")
         self.runner = runner_for(model.graphdef, model.attention_backend)
         self._active: dict[str, Request] = {}
+        self._queue = BatchQueue(self._run, name=self.engine_name, max_batch_size=max_batch_size,
+                                 max_waiting=max_waiting, on_change=self._set_gauges)
+
+    def _set_gauges(self, num_running: int, num_waiting: int) -> None:
+        self.collector.set_running(num_running)
+        self.collector.set_waiting(num_waiting)
 
     # ---- public API ---------------------------------------------------------------------------
     def generate(self, prompts, sampling_params=None) -> list[RequestOutput]:
@@ -118,17 +146,56 @@ class vInference(Engine):  # noqa: N801 - the engine's name
     def _stream(self, req: Request) -> Iterator[RequestOutput]:
         try:
             for _ in self._run([req]):
+                if req.error is not None:
+                    break
                 out = req.output(delta=True)
                 if out.finished or any(o.delta_text or o.delta_token_ids for o in out.outputs):
                     yield out
                     if out.finished:
                         return
+            if req.error is not None:
+                raise RequestFailedError(f"request {req.request_id} failed in the vinference "
+                                         f"engine: {req.error}")
             yield req.output(delta=True)  # finished without new tokens (e.g. aborted)
         finally:
             if not req.finished:  # the consumer stopped early
                 self._abort_request(req)
 
+    async def astream(self, prompt: Prompt, sampling_params: SamplingParams | None = None, *,
+                      request_id: str | None = None, priority: int = 0,
+                      prompt_text: str | None = None) -> AsyncIterator[RequestOutput]:
+        """Through the batch queue: waits for the next static batch (see the module docstring)."""
+        self._check_open()
+        req = self.make_request(prompt, sampling_params, request_id=request_id,
+                                priority=priority, prompt_text=prompt_text)
+        try:
+            s = self._queue.submit(req, asyncio.get_running_loop())
+        except EngineOverloadedError:
+            self.collector.on_rejected()
+            raise
+        try:
+            while True:
+                out = await s.aget()
+                yield out
+                if out.finished:
+                    return
+        finally:
+            if not s.closed:  # the consumer went away (e.g. a client disconnect)
+                self.abort(req.request_id)
+
+    @property
+    def running(self) -> bool:
+        """Whether the batch queue's worker thread runs."""
+        return self._queue.running
+
+    def stop(self) -> None:
+        """End the batch queue's worker after its batch; abort what waits."""
+        self._queue.stop()
+
     def abort(self, request_id: str) -> bool:
+        if self._queue.abort(request_id):
+            self.collector.on_finish(request_id, "abort")
+            return True
         req = self._active.get(request_id)
         if req is None or req.finished:
             return False
@@ -159,13 +226,58 @@ class vInference(Engine):  # noqa: N801 - the engine's name
             self.collector.on_arrival(req.request_id, len(req.prompt_ids), n=req.params.n,
                                       max_tokens=req.params.max_tokens)
         try:
-            rows = [(r, s) for r in requests for s in r.sequences]
-            for i in range(0, len(rows), self.max_batch_size):
-                yield from self._run_batch(rows[i:i + self.max_batch_size])
+            rows = [(r, s) for r in requests if self._prepare(r) for s in r.sequences]
+            for batch in self._batches(rows):
+                try:
+                    yield from self._run_batch(batch)
+                except Exception as e:  # this batch's requests fail, not others
+                    logger.error("vinference: a batch failed (%s: %s)", type(e).__name__, e,
+                                 exc_info=e)
+                    for req in {id(r): r for r, _ in batch}.values():
+                        self._fail(req, f"a device step failed: {type(e).__name__}: {e}")
+                    yield
         finally:
             for req in requests:
                 self._active.pop(req.request_id, None)
             self.collector.set_kv_cache_usage(0.0)  # the batch's cache is dropped
+
+    def prepare(self, req: Request) -> None:
+        """Check one request's inputs on the host before it joins a batch."""
+        prepare_request(req, self.eos_token_ids)
+
+    def _cache_bytes(self, rows: list[Row]) -> int:
+        """Bytes of the cache `_run_batch` allocates for `rows` (padded to its buckets)."""
+        B = pick_bucket(len(rows), self.batch_buckets)
+        S = pick_bucket(max(len(r.prompt_ids) + s.params.max_tokens for r, s in rows),
+                        self.cache_buckets)
+        return B * S * self._token_bytes
+
+    def _batches(self, rows: list[Row]) -> Iterator[list[Row]]:
+        """`rows` cut into batches of at most `max_batch_size` whose cache fits the KV budget
+        (a single row always runs: `max_model_len` bounds it)."""
+        batch: list[Row] = []
+        for row in rows:
+            if batch and (len(batch) == self.max_batch_size
+                          or self._cache_bytes(batch + [row]) > self.kv_budget):
+                yield batch
+                batch = []
+            batch.append(row)
+        if batch:
+            yield batch
+
+    def _prepare(self, req: Request) -> bool:
+        """`prepare(req)`; False (and the request failed) if it raises."""
+        try:
+            self.prepare(req)
+        except Exception as e:  # noqa: BLE001 - this request's fault only
+            self._fail(req, f"preparing its inputs failed: {type(e).__name__}: {e}")
+            return False
+        return True
+
+    def _fail(self, req: Request, reason: str) -> None:
+        if not req.finished:
+            req.fail(reason)
+            self.collector.on_finish(req.request_id, "error")
 
     def _run_batch(self, rows: list[Row]) -> Iterator[None]:
         live = [row for row in rows if not row[1].finished]

@@ -1,7 +1,8 @@
 """vSurge: continuous batching with prefill/decode separation, priorities and concurrency controls.
 
 Lifecycle: `start()` (or the context manager, or the first `generate`) allocates a contiguous KV
-cache of `max_concurrent_decodes` slots x `max_model_len` positions and starts the driver thread of
+cache of `max_concurrent_decodes` slots x `max_model_len` positions (as many slots as fit the KV
+budget, `kv_cache_memory`, default from `kv_budget.py`) and starts the driver thread of
 the shared background-engine core (`engine_core.py`). Each driver iteration reads as a sentence:
 
     schedule (admit waiting requests into free slots)  ->  run (prefill batches into their slots,
@@ -27,6 +28,7 @@ import jax
 from workbench.engines.background import BackgroundEngine
 from workbench.engines.buckets import pow2_buckets, prompt_buckets
 from workbench.engines.decode_reads import DecodeReads
+from workbench.engines.kv_budget import kv_budget_bytes, kv_bytes_per_token
 from workbench.engines.model_runner import runner_for
 from workbench.engines.request import Request
 from workbench.engines.types import EngineError, PromptTooLongError
@@ -58,8 +60,20 @@ class vSurge(BackgroundEngine):  # noqa: N801 - the engine's name
                  interleaved_mode: bool = False, scheduling_policy: str = "fcfs",
                  max_waiting: int = 1024, decode_read: str | None = None, block_size: int = 64,
                  block_buckets: tuple[int, ...] | None = None,
-                 read_buckets: tuple[int, ...] | None = None, decode_steps: int | None = None):
+                 read_buckets: tuple[int, ...] | None = None, decode_steps: int | None = None,
+                 kv_cache_memory: int | str | None = None):
         super().__init__(model, max_model_len=max_model_len)
+        # The slots' cache fits the KV budget (kv_budget.py): fewer slots than asked if need be.
+        self.kv_budget = kv_budget_bytes(kv_cache_memory)
+        slot_bytes = self.max_model_len * kv_bytes_per_token(model.config, model.dtype)
+        if self.kv_budget < slot_bytes:
+            raise ValueError(f"the KV budget of {self.kv_budget} bytes holds no slot of "
+                             f"max_model_len {self.max_model_len} ({slot_bytes} bytes): raise "
+                             "kv_cache_memory or lower max_model_len")
+        if type(max_concurrent_decodes) is int:  # anything else: the scheduler says what is wrong
+            max_concurrent_decodes = min(max_concurrent_decodes, self.kv_budget // slot_bytes)
+            if type(max_concurrent_prefill) is int and max_concurrent_decodes >= 1:
+                max_concurrent_prefill = min(max_concurrent_prefill, max_concurrent_decodes)
         self.decode_steps = default_decode_steps() if decode_steps is None else decode_steps
         if not isinstance(self.decode_steps, int) or self.decode_steps < 1:
             raise ValueError(f"decode_steps must be an integer >= 1, got {decode_steps!r}")

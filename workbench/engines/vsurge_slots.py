@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workbench.engines.batching import build_prefill_batch, top_logprob_width
+from workbench.engines.batching import build_prefill_batch, prepare_request, top_logprob_width
 from workbench.engines.buckets import pick_bucket
 from workbench.engines.decode_reads import DecodeReads
 from workbench.engines.model_runner import ChunkOutput, DecodeState, ModelRunner
@@ -86,6 +86,10 @@ class SlotDevice:
         self.cache = self.state = self._sampling = self._sampling_owners = None
 
     # ---- the runner contract (engine_core.py) --------------------------------------------------
+    def prepare(self, request) -> None:
+        """Check one request's inputs on the host before it joins a batch."""
+        prepare_request(request, self.eos_token_ids)
+
     def execute(self, plan: SchedulerOutput) -> "SlotOutput":
         """Dispatch a plan: its prefills, then its decode chunk (after the plan's stop mask and
         slot moves). Nothing is waited for.

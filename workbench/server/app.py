@@ -5,7 +5,8 @@ Routes:
     POST /v1/chat/completions   chat completions with the tokenizer's chat template
     GET  /v1/models             {"object": "list", "data": [{id, object: "model",
                                 max_model_len, ...}]}
-    GET  /health                200 {"status": "ok"} (never needs the API key)
+    GET  /health                200 {"status": "ok"}, or 503 with the reason when an engine is
+                                dead or the server drains (see `health.py`; never needs the key)
     GET  /metrics               Prometheus text of every served engine's collector
     POST /tokenize              {model?, prompt | messages, add_special_tokens?,
                                 add_generation_prompt?, return_token_strs?} ->
@@ -23,7 +24,8 @@ Lifecycle: at startup the app calls `start()` on every engine that has one and i
 shutdown it stops those it started (`stop_engines=None`, the default), all of them (`True`) or none
 (`False`). `end_generations(app)` (thread-safe) ends every generation in flight, as a server
 about to stop does: waiting clients get a 503, streams an error event, engines abort the requests.
-Errors always use the OpenAI envelope (see `errors.py`). `request_log` (a bounded
+`ServerHandle.stop(drain=...)` first drains (`drain.py`): new requests get 503 while those in
+flight finish. Errors always use the OpenAI envelope (see `errors.py`). `request_log` (a bounded
 `collections.deque`) receives one entry per answered request (see `request_log.py`).
 """
 
@@ -40,14 +42,18 @@ from fastapi.responses import JSONResponse, Response
 
 from workbench.metrics import render_many
 from workbench.server.errors import APIError, bad_request, install_error_handlers
+from workbench.server.drain import DrainGate
 from workbench.server.generation import ActiveGenerations
+from workbench.server.health import problems, render_server_metrics
 from workbench.server.middleware import APIKeyAuth, BodySizeLimit
+from workbench.server.openapi import install_openapi
 from workbench.server.protocol import (ChatCompletionRequest, CompletionRequest,
                                        DetokenizeRequest, TokenizeRequest)
 from workbench.server.registry import ServedModels
 from workbench.server.request_log import RequestLog
 from workbench.server.responses import TokenText
 from workbench.server.serving import create_chat_completion, create_completion
+from workbench.text_input import check_text
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -73,6 +79,9 @@ def create_app(engines: Any, *, api_key: str | dict[str, str] | None = None,
             yield
         finally:
             served.stop()
+            # uvloop's loop takes no part in cyclic GC: a reference from the app to its loop
+            # would keep both (and the app's routes and token tables) alive after a stop
+            app.state.loop = None
 
     app = FastAPI(title=f"{title} OpenAI-compatible API", lifespan=lifespan)
     app.state.served = served
@@ -81,8 +90,13 @@ def create_app(engines: Any, *, api_key: str | dict[str, str] | None = None,
     install_error_handlers(app)
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> JSONResponse:
+        if getattr(app.state, "draining", False):
+            return JSONResponse({"status": "draining"}, status_code=503)
+        dead = problems(served)
+        if dead:
+            return JSONResponse({"status": "unhealthy", "engines": dead}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -94,7 +108,8 @@ def create_app(engines: Any, *, api_key: str | dict[str, str] | None = None,
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(render_many(served.collectors()), media_type=PROMETHEUS_CONTENT_TYPE)
+        return Response(render_many(served.collectors()) + render_server_metrics(served),
+                        media_type=PROMETHEUS_CONTENT_TYPE)
 
     @app.post("/v1/completions")
     async def completions(request: Request, body: CompletionRequest) -> Response:
@@ -118,6 +133,10 @@ def create_app(engines: Any, *, api_key: str | dict[str, str] | None = None,
             except ValueError as exc:
                 raise bad_request(str(exc), "messages") from exc
         else:
+            try:
+                check_text("prompt", body.prompt)
+            except ValueError as exc:
+                raise bad_request(str(exc), "prompt") from exc
             ids = engine.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
         ids = [int(i) for i in ids]
         out: dict[str, Any] = {"tokens": ids, "count": len(ids),
@@ -154,6 +173,8 @@ def create_app(engines: Any, *, api_key: str | dict[str, str] | None = None,
             done[name] = await asyncio.to_thread(engine.reset_prefix_cache)
         return JSONResponse({"reset": done})
 
+    install_openapi(app, api_key=api_key is not None)  # the codes it really answers
+    app.add_middleware(DrainGate)  # 503s while shutting down (drain.py)
     app.add_middleware(BodySizeLimit, max_body_bytes=max_body_bytes)
     if api_key is not None:
         app.add_middleware(APIKeyAuth, api_key=api_key)

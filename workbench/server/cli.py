@@ -4,6 +4,8 @@ Hook for `workbench/cli.py`: `add_serve_parser(subparsers)` adds the sub-command
 `func=run_serve`); `run_serve(args) -> int` runs it: exit code 0 after a clean Ctrl-C, 2 on a usage
 error (an engine that cannot be imported, a taken port). It prints the URL and a ready-to-paste
 curl command once the server accepts requests. The API key defaults to `$WORKBENCH_API_KEY`.
+SIGTERM or Ctrl-C (SIGINT) stop it gracefully: new requests get 503 while the requests in flight
+finish for up to `--drain-timeout` seconds, then the server and the engine stop.
 Importing this module loads neither JAX nor FastAPI (both are imported when the command runs).
 """
 
@@ -13,10 +15,11 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import sys
 import threading
 import time
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 from workbench.engines.catalog import engine_kinds
 
@@ -45,6 +48,9 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="compile the engine's shapes before accepting requests (vsurge: every "
                         "shape it can dispatch, so no request waits for the compiler; minutes "
                         "on a CPU with a long --max-model-len)")
+    p.add_argument("--drain-timeout", type=float, default=30.0,
+                   help="on SIGTERM or Ctrl-C, stop accepting (503) and let the requests in "
+                        "flight finish for up to this many seconds (default: 30)")
     p.set_defaults(func=run_serve)
     return p
 
@@ -73,6 +79,14 @@ def curl_example(url: str, model: str, api_key: str | None) -> str:
         parts.append('-H "Authorization: Bearer $WORKBENCH_API_KEY"')
     parts.append(f"-d {shlex.quote(json.dumps(body))}")
     return " \\\n  ".join(parts)
+
+
+def _on_sigterm(callback) -> Callable[[], None]:
+    """Call `callback` on SIGTERM (main thread only; a no-op elsewhere); returns the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: callback())
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def run_serve(args: argparse.Namespace, *, stop: threading.Event | None = None,
@@ -109,13 +123,18 @@ def run_serve(args: argparse.Namespace, *, stop: threading.Event | None = None,
           f"{handle.public_url}\nTry:\n{curl_example(handle.url, name, args.api_key)}\n"
           "Press Ctrl-C to stop.", file=out, flush=True)
     stop = stop or threading.Event()
+    restore = _on_sigterm(stop.set)
     try:
         while handle.running and not stop.wait(0.5):
             pass
     except KeyboardInterrupt:
-        print("\nStopping...", file=out, flush=True)
+        pass
     finally:
-        handle.stop()
+        drain = getattr(args, "drain_timeout", 30.0)
+        print(f"\nStopping: draining the requests in flight (up to {drain:g} s)...", file=out,
+              flush=True)
+        handle.stop(drain=drain)
+        restore()
         close = getattr(engine, "close", None)
         if callable(close):
             close()

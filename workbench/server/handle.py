@@ -11,8 +11,9 @@ Contract:
   `RuntimeError`, and after `timeout` seconds a `TimeoutError`.
 - `ServerHandle`: `.url` (http://host:port), `.host`, `.port`, `.public_url` (in Google Colab the
   proxied URL from `google.colab.kernel.proxyPort`, else `.url`), `.running`, `.app`,
-  `.stop(timeout=10)` (ends requests in flight, shuts down, joins; idempotent), and use as a
-  context manager.
+  `.stop(timeout=10, drain=None)` (with `drain` seconds: stop accepting, new requests get 503,
+  and let the requests in flight finish for up to `drain` seconds; then end what is left, shut
+  down, join; idempotent), and use as a context manager.
   After `stop()` the thread is gone and the port can be bound again.
 - uvicorn's logging config is not applied (`log_config=None`), so a notebook's logging setup stays.
 """
@@ -30,6 +31,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from workbench.server.app import create_app, end_generations
+from workbench.server.drain import num_in_flight, start_draining, wait_drained
 
 logger = logging.getLogger("workbench.server")
 
@@ -91,12 +93,21 @@ class ServerHandle:
         return (not self._stopped and self._thread.is_alive() and self._server.started
                 and not self._server.should_exit)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """End requests in flight (their clients get a 503 or a stream error event), shut down,
-        join the thread. uvicorn cancels what is still running after `timeout / 2` seconds, and
-        is forced to exit after `timeout`."""
+    def stop(self, timeout: float = 10.0, drain: float | None = None) -> bool:
+        """With `drain` seconds, first drain: new requests get 503 and the requests in flight may
+        finish for up to `drain` seconds. Then end what is still in flight (its clients get a 503
+        or a stream error event), shut down, join the thread. uvicorn cancels what is still
+        running after `timeout / 2` seconds, and is forced to exit after `timeout`. Returns
+        whether nothing was left in flight to end."""
         if self._stopped:
-            return
+            return True
+        drained = True
+        if drain is not None and self._thread.is_alive():
+            start_draining(self.app)
+            drained = wait_drained(self.app, drain)
+            if not drained:
+                logger.warning("server on port %d: %d requests still in flight after a %.1f s "
+                               "drain; ending them", self.port, num_in_flight(self.app), drain)
         self._stopped = True
         self._server.config.timeout_graceful_shutdown = max(timeout / 2, 0.1)
         end_generations(self.app)
@@ -109,6 +120,7 @@ class ServerHandle:
         if self._thread.is_alive():
             logger.warning("server thread on port %d did not stop within %.1f s",
                            self.port, timeout + 5.0)
+        return drained
 
     def __enter__(self) -> ServerHandle:
         return self

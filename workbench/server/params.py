@@ -18,6 +18,7 @@ from workbench.sampling_params import SamplingParams
 from workbench.server.errors import APIError, bad_request, from_engine_exception
 from workbench.server.generation import PreparedPrompt
 from workbench.server.protocol import ChatCompletionRequest, CompletionRequest
+from workbench.text_input import check_text
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16
 CHAT_DEFAULT_MAX_TOKENS_CAP = 4096
@@ -60,6 +61,10 @@ def tokenize_prompts(engine: Any, prompts: list[str | list[int]]) -> list[Prepar
         if isinstance(p, str):
             if engine.tokenizer is None:
                 raise bad_request("this model has no tokenizer: send token ids", "prompt")
+            try:
+                check_text("prompt", p)
+            except ValueError as exc:
+                raise bad_request(str(exc), "prompt") from exc
             out.append(PreparedPrompt(engine.tokenizer.encode(p), p))
         else:
             out.append(PreparedPrompt(list(p), None))
