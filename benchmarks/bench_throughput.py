@@ -90,6 +90,8 @@ def parse_args(argv=None):
                    help="shared-prefix: shared system prompt tokens (default 384)")
     p.add_argument("--long-prompt", type=int, default=2000,
                    help="interference: the long prompt's tokens (default 2000)")
+    p.add_argument("--stream-tokens", type=int, default=160,
+                   help="interference: tokens each of the 8 streams decodes (default 160)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 8 requests, lengths 16..48, rate 2 req/s, 8 slots; "
                         "scenarios: 8 shared-prefix requests on a 64-token system prompt, a "

@@ -191,12 +191,15 @@ COMPILE_ENGINES = {
 }
 
 
-def compile_start(model_len: int, random_config: str | None, dtype: str) -> dict:
+def compile_start(model_len: int, random_config: str | None, dtype: str,
+                  engines=None) -> dict:
     """Per engine: shapes `precompile()` compiles, its seconds in a fresh process with an empty
     persistent cache (cold) and again with the cache the first run filled (warm)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = {}
     for name, (module, cls, kwargs, pc_kwargs) in COMPILE_ENGINES.items():
+        if engines is not None and name not in engines:
+            continue
         kwargs = dict(kwargs, max_model_len=model_len)
         script = _COMPILE_SCRIPT.format(root=root, module=module, cls=cls, kwargs=kwargs,
                                         pc_kwargs=pc_kwargs, random_config=random_config,
@@ -267,7 +270,7 @@ def run(args, lm, engines, model_len, page_peak, dtype) -> dict:
               f"{vs['ttft_p50'] / es['ttft_p50']:.2f}x better (target >= 3x); out tok/s "
               f"{es['tok_s'] / vs['tok_s']:.2f}x (target >= 1.5x)\n")
     if "interference" in args.scenarios:
-        stream_tokens = 32 if quick else 160
+        stream_tokens = 32 if quick else args.stream_tokens
         long_len = C.round_up(args.long_prompt + 8, 128) + 128
         makers = {
             "esurge": lambda: eSurge(lm, max_model_len=long_len, max_num_seqs=16),
@@ -299,7 +302,7 @@ def run(args, lm, engines, model_len, page_peak, dtype) -> dict:
                             f"{stream_tokens} tokens), a {args.long_prompt}-token prompt arrives "
                             "(target: esurge p99 <= 3x p50)")
     if "compile" in args.scenarios:
-        res = compile_start(model_len, args.random_config, dtype)
+        res = compile_start(model_len, args.random_config, dtype, engines=args.engines)
         out["compile"] = res
         C.print_table(["engine", "shapes precompile() compiles", "cold s", "warm s (cache)"],
                       [[n, r["shapes"], r["cold_s"], r["warm_s"]] for n, r in res.items()],
