@@ -87,6 +87,8 @@ def interference(lm, engines: dict, seed: int = 0, streams: int = 8, stream_prom
     out = {}
     for name, eng in engines.items():
         for attempt in ("warm-up", "measured"):
+            if hasattr(eng, "reset_prefix_cache"):
+                eng.reset_prefix_cache()  # else the measured run reuses the warm-up's prompts
             times: list[list[tuple[float, int]]] = [[] for _ in range(streams)]
             subs = [eng.submit(p, sp) for p in prompts[:streams]]
 
