@@ -9,8 +9,11 @@ import pytest
 
 from workbench.engines.ragged_batch import StepLayout, build_step
 from workbench.models import paged_attention as pa
-from workbench.models.paged_attention import (PagedAttentionMeta, naive_paged_attention,
-                                              paged_attention)
+from workbench.models.paged_attention import (
+    PagedAttentionMeta,
+    naive_paged_attention,
+    paged_attention,
+)
 
 L, P, S, Hkv, H, D = 2, 40, 4, 2, 4, 8
 
