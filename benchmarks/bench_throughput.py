@@ -1,5 +1,7 @@
-"""Mixed-workload serving throughput and latency: vSurge (continuous batching) against vInference
-and transformers (static batches), measured in the same run.
+"""Mixed-workload serving throughput and latency: eSurge (paged, token budget) and vSurge
+(continuous batching) against vInference and transformers (static batches), measured in the same
+run; then eSurge's scenarios (`esurge_scenarios.py`: shared prefix, long-prompt interference, KV
+memory, compile cold/warm).
 
 Workload: `--num-requests` (64) requests; prompt lengths and output lengths uniform in 16..256
 (fixed seed); prompts are token ids cut from real English text (standard-library docstrings, via
@@ -17,6 +19,8 @@ Before the runs, for the burst: the work each schedule needs, counted from the w
 each output token once), and the largest vSurge / vInference ratio that work allows.
 
 How each engine receives requests:
+- esurge: like vsurge (`submit()` at arrival time), `max_num_seqs` = the slots, default token
+  budget, page pool from its default budget;
 - vsurge / vsurge-interleaved: `submit()` at arrival time (32 decode slots, max_concurrent_prefill
   4); outputs are consumed by one asyncio loop that timestamps every delta;
 - vinference: static batches in arrival order, up to 32 per batch: whatever has arrived when the
@@ -53,7 +57,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common as C  # noqa: E402
 
-ALL_ENGINES = ("vsurge", "vsurge-interleaved", "vinference", "transformers")
+ALL_ENGINES = ("esurge", "vsurge", "vsurge-interleaved", "vinference", "transformers")
+SCENARIOS = ("shared-prefix", "interference", "memory", "compile")
 
 
 def parse_args(argv=None):
@@ -74,20 +79,38 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default=None)
     p.add_argument("--no-overhead", action="store_true",
                    help="skip the equal-length comparison and the host-overhead probe")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS),
+                   help=f"eSurge scenarios after the runs, a subset of {','.join(SCENARIOS)} "
+                        "('' for none)")
+    p.add_argument("--small-budget", type=int, default=32,
+                   help="interference: eSurge's second, small token budget (default 32)")
+    p.add_argument("--prefix-requests", type=int, default=64,
+                   help="shared-prefix: requests (default 64)")
+    p.add_argument("--system-len", type=int, default=384,
+                   help="shared-prefix: shared system prompt tokens (default 384)")
+    p.add_argument("--long-prompt", type=int, default=2000,
+                   help="interference: the long prompt's tokens (default 2000)")
+    p.add_argument("--stream-tokens", type=int, default=160,
+                   help="interference: tokens each of the 8 streams decodes (default 160)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: 8 requests, lengths 16..48, rate 2 req/s, 8 slots")
+                   help="smoke run: 8 requests, lengths 16..48, rate 2 req/s, 8 slots; "
+                        "scenarios: 8 shared-prefix requests on a 64-token system prompt, a "
+                        "256-token long prompt")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     if a.quick:
         a.num_requests, a.min_len, a.max_len, a.rate, a.slots = 8, 16, 48, "2.0", 8
+        a.prefix_requests, a.system_len, a.long_prompt = 8, 64, 256
     a.rates = [float(r) for r in str(a.rate).split(",") if r]
     if not a.rates or min(a.rates) <= 0:
         p.error(f"--rate must list positive rates, got {a.rate!r}")
     a.patterns = [x for x in a.patterns.split(",") if x]
     a.engines = [e.strip() for e in a.engines.split(",") if e.strip()]
+    a.scenarios = [x for x in a.scenarios.split(",") if x]
     bad = set(a.engines) - set(ALL_ENGINES)
-    if bad or set(a.patterns) - {"burst", "poisson"}:
-        p.error(f"unknown engines {sorted(bad)} or patterns {a.patterns}")
+    if bad or set(a.patterns) - {"burst", "poisson"} or set(a.scenarios) - set(SCENARIOS):
+        p.error(f"unknown engines {sorted(bad)}, patterns {a.patterns} or scenarios "
+                f"{a.scenarios}")
     # one run per (pattern, rate): "burst", "poisson@0.5", ...
     a.runs = [("burst", None)] * ("burst" in a.patterns) + [
         (f"poisson@{r:g}", r) for r in a.rates if "poisson" in a.patterns]
@@ -434,6 +457,10 @@ def print_work_bound(cfg, prompt_lens, out_lens, slots, vi, vs) -> dict:
 def main(argv=None):
     args = parse_args(argv)
 
+    import jax
+
+    from benchmarks import esurge_scenarios as S
+    from workbench.engines.esurge import eSurge
     from workbench.engines.vinference import vInference
     from workbench.engines.vsurge import vSurge
     from workbench.sampling_params import SamplingParams
@@ -452,33 +479,39 @@ def main(argv=None):
     C.log(f"{args.num_requests} requests: prompt tokens {sum(map(len, prompts))}, output tokens "
           f"{sum(out_lens)} (mean {np.mean(out_lens):.0f}); max_model_len {model_len}")
 
+    # Every compiled executable keeps ~400 memory mappings and the kernel allows 65,530 per
+    # process (vSurge's 77 precompiled shapes at max_model_len 512 take 31k), so the engines do
+    # not hold their executables all at once: each warms up right before its runs (compiling, or
+    # loading from the persistent compilation cache) and JAX's in-memory caches are dropped
+    # after them.
     engines = {}
-    warm_s = {}
-    with C.CompileProbe() as probe:
+    for name in ("vsurge", "vsurge-interleaved"):
+        if name in args.engines:
+            engines[name] = vSurge(lm, max_concurrent_decodes=args.slots,
+                                   max_concurrent_prefill=4, max_model_len=model_len,
+                                   interleaved_mode=name.endswith("interleaved")).start()
+    if "esurge" in args.engines:
+        engines["esurge"] = eSurge(lm, max_num_seqs=args.slots, max_model_len=model_len).start()
+    if "vinference" in args.engines:
+        engines["vinference"] = vInference(lm, max_batch_size=args.slots, max_model_len=model_len)
+    warm_s: dict[str, float] = {}
+
+    def warm(name: str) -> None:
+        """Compile (or load) the shapes `name`'s runs dispatch; seconds of the first warm-up."""
         t0 = time.perf_counter()
-        for name in ("vsurge", "vsurge-interleaved"):
-            if name in args.engines:
-                engines[name] = vSurge(lm, max_concurrent_decodes=args.slots,
-                                       max_concurrent_prefill=4, max_model_len=model_len,
-                                       interleaved_mode=name.endswith("interleaved")).start()
-                if not args.patterns:  # equal-length runs only: they warm up themselves
-                    continue
-                if name == "vsurge" or "vsurge" not in engines:  # one set of shapes: the
-                    # engines share the model's compiled functions
-                    info = engines[name].precompile(max_prompt_len=args.max_len)
-                    C.log(f"warm-up {name}: precompile() {info}")
-        warm_s["vsurge"] = time.perf_counter() - t0
-        if "vinference" in args.engines:
-            t0 = time.perf_counter()
-            engines["vinference"] = vInference(lm, max_batch_size=args.slots,
-                                               max_model_len=model_len)
-            if args.patterns:
-                C.log("warm-up vinference")
-                warm_vinference(engines["vinference"], Workload(prompts, out_lens, []),
-                                args.slots)
-            warm_s["vinference"] = time.perf_counter() - t0
-    C.log(f"warm-ups: {warm_s} (XLA backend compile {probe.seconds:.0f}s in {probe.count} "
-          "compilations)")
+        with C.CompileProbe() as probe:
+            if name.startswith("vsurge"):
+                info = engines[name].precompile(max_prompt_len=args.max_len)
+            elif name == "esurge":
+                info = engines[name].precompile()
+                info = f"{len(info['shapes'])} shapes"
+            else:
+                warm_vinference(engines[name], Workload(prompts, out_lens, []), args.slots)
+                info = "the burst's shapes"
+        warm_s.setdefault(name, time.perf_counter() - t0)
+        C.log(f"warm-up {name}: {info}, {time.perf_counter() - t0:.0f}s (backend compile "
+              f"{probe.seconds:.0f}s in {probe.count} compilations)")
+
     hf = None
     if tdev is not None:
         hf = C.load_hf_model(lm, dtype, tdev, args.threads)
@@ -488,6 +521,10 @@ def main(argv=None):
     if "burst" in args.patterns and {"vsurge", "vinference"} <= set(engines):
         bound = print_work_bound(lm.config, [len(p) for p in prompts], out_lens, args.slots,
                                  engines["vinference"], engines["vsurge"])
+        print(f"eSurge at best computes each prompt token once and decodes each output token "
+              f"once (no padding): at most {bound['compute_bound_unpadded']:.2f}x vinference "
+              "compute-bound\n")
+    page_peak = None
 
     results = {}
     for pattern, rate in args.runs:
@@ -496,9 +533,16 @@ def main(argv=None):
         for name in [e for e in ALL_ENGINES if e in args.engines]:
             if name == "transformers" and hf is None:
                 continue
+            if name != "transformers":
+                warm(name)
             C.log(f"{pattern}: {name} ...")
             with C.gc_paused(), C.CompileProbe() as probe:
-                if name.startswith("vsurge"):
+                if name == "esurge":
+                    engines[name].reset_prefix_cache()  # no reuse across runs
+                    with S.PagePeak(engines[name]) as peak:
+                        recs = run_vsurge(engines[name], w, params)
+                    page_peak = max(page_peak or 0, peak.peak)
+                elif name.startswith("vsurge"):
                     recs = run_vsurge(engines[name], w, params)
                 elif name == "vinference":
                     recs = run_vinference(engines[name], w, params, args.slots)
@@ -507,6 +551,8 @@ def main(argv=None):
             s = summarize(recs, out_lens)
             s["compile_in_run_s"] = probe.seconds
             results[(pattern, name)] = s
+            if name != "transformers":
+                jax.clear_caches()  # this engine's executables: see the warm-ups above
             C.log(f"{pattern}: {name}: {s['tok_s']:.1f} tok/s over {s['span_s']:.0f}s; TTFT p50 "
                   f"{s['ttft_p50']:.2f}s p99 {s['ttft_p99']:.2f}s; ITL p50 "
                   f"{s['itl_p50'] * 1e3:.0f}ms p99 {s['itl_p99'] * 1e3:.0f}ms; "
@@ -528,17 +574,25 @@ def main(argv=None):
                       title=title)
     rows = []
     for pattern, _ in args.runs:
-        vs = results.get((pattern, "vsurge"))
-        for peer in ("vinference", "transformers", "vsurge-interleaved"):
-            other = results.get((pattern, peer))
-            if vs and other:
-                rows.append([pattern, f"vsurge / {peer}", f"{vs['tok_s'] / other['tok_s']:.2f}x",
-                             f"{vs['ttft_p50'] / other['ttft_p50']:.2f}x",
-                             f"{vs['itl_p50'] / other['itl_p50']:.2f}x"])
+        for mine, peers in (("esurge", ("vsurge", "vinference", "transformers")),
+                            ("vsurge", ("vinference", "transformers", "vsurge-interleaved"))):
+            me = results.get((pattern, mine))
+            for peer in peers:
+                other = results.get((pattern, peer))
+                if me and other:
+                    rows.append([pattern, f"{mine} / {peer}",
+                                 f"{me['tok_s'] / other['tok_s']:.2f}x",
+                                 f"{me['ttft_p50'] / other['ttft_p50']:.2f}x",
+                                 f"{me['itl_p50'] / other['itl_p50']:.2f}x"])
     if rows:
         C.print_table(["pattern", "ratio", "out tok/s", "TTFT p50", "ITL p50"], rows,
-                      title="ratios (targets: vsurge >= 2x vinference and >= 2x transformers "
-                            "in out tok/s)")
+                      title="ratios (targets: esurge >= 1.1x vsurge in out tok/s on the burst)")
+    es, vi = results.get(("burst", "esurge")), results.get(("burst", "vinference"))
+    if bound and es and vi:
+        got = es["tok_s"] / vi["tok_s"]
+        print(f"burst: esurge / vinference {got:.2f}x of the {bound['compute_bound_unpadded']:.2f}x"
+              f" its work allows: {100 * got / bound['compute_bound_unpadded']:.0f}% (target: "
+              ">= 85%)\n")
 
     eq = []
     if not args.no_overhead and "vsurge" in engines and "vinference" in engines:
@@ -559,14 +613,15 @@ def main(argv=None):
                        "vinference ms/step", "vinference device step ms"], rows,
                       title=f"equal-length requests ({plen} prompt + {olen} output tokens); "
                             f"vSurge with {args.slots} slots (target: within 10%)")
+    scen = S.run(args, lm, engines, model_len, page_peak, dtype)
     for e in engines.values():
         e.close()
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(environment=C.environment(), args=vars(args),
                            results={f"{p}/{n}": v for (p, n), v in results.items()},
-                           equal_length=eq, warmup_s=warm_s, burst_work_bound=bound), f,
-                      indent=1)
+                           equal_length=eq, warmup_s=warm_s, burst_work_bound=bound,
+                           scenarios=scen), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One accelerator run of both engine benchmarks with a random-weight Llama-3.2-1B-shaped model in
+# One accelerator run of both engine benchmarks (and eSurge's 256-request burst) with a random-weight Llama-3.2-1B-shaped model in
 # bfloat16, sized for one call of a few minutes on one GPU (the machine needs jax, flax,
 # transformers and torch; no fastapi or panel). Logs and JSON go to $OUT (default /tmp/bench-out).
 #
@@ -19,5 +19,12 @@ $PY -c "import jax, flax, transformers, torch; print('jax', jax.__version__, 'fl
 timeout "${GEN_TIMEOUT:-250}" $PY benchmarks/bench_generate.py --random-config llama-1b \
     --dtype bfloat16 --no-breakdown --json "$OUT/generate.json" 2>&1 | tee "$OUT/generate.log"
 timeout "${TPUT_TIMEOUT:-320}" $PY benchmarks/bench_throughput.py --random-config llama-1b \
-    --dtype bfloat16 --engines vsurge,vinference,transformers --rate 8 --no-overhead \
-    --json "$OUT/throughput.json" 2>&1 | tee "$OUT/throughput.log"
+    --dtype bfloat16 --engines esurge,vsurge,vinference,transformers --rate 8 --no-overhead \
+    --scenarios memory --json "$OUT/throughput.json" 2>&1 | tee "$OUT/throughput.log"
+# issue 14's GPU target: the burst of 256 requests, eSurge (its accelerator defaults: 2048-token
+# budget; --slots sets max_num_seqs and vInference's batch) >= vInference out tok/s, and eSurge's
+# warm-up (the "warm-up esurge: ... Ns" log line: precompile() of every token bucket) <= 60 s
+timeout "${ESURGE_TIMEOUT:-300}" $PY benchmarks/bench_throughput.py --random-config llama-1b \
+    --dtype bfloat16 --engines esurge,vinference --patterns burst --num-requests 256 \
+    --slots 128 --no-overhead --scenarios memory --json "$OUT/esurge_burst256.json" 2>&1 \
+    | tee "$OUT/esurge_burst256.log"

@@ -45,3 +45,28 @@ def test_rates_give_one_poisson_run_each_and_bad_rates_are_refused():
     assert gaps[0] == 0 and 60 < gaps[-1] < 140  # 199 gaps of mean 0.5 s
     with pytest.raises(SystemExit):
         parse_args(["--rate", "0"])
+
+
+def test_scenarios_are_parsed_and_quick_shrinks_them():
+    a = parse_args([])
+    assert a.scenarios == ["shared-prefix", "interference", "memory", "compile"]
+    assert (a.prefix_requests, a.system_len, a.long_prompt) == (64, 384, 2000)
+    q = parse_args(["--quick", "--scenarios", "memory,shared-prefix"])
+    assert q.scenarios == ["memory", "shared-prefix"]
+    assert (q.prefix_requests, q.system_len, q.long_prompt) == (8, 64, 256)
+    assert parse_args(["--scenarios", ""]).scenarios == []
+    with pytest.raises(SystemExit):
+        parse_args(["--scenarios", "nope"])
+
+
+def test_kv_bytes_per_engine_at_the_same_model_len():
+    from benchmarks.esurge_scenarios import kv_bytes
+
+    cfg = types.SimpleNamespace(num_hidden_layers=2, num_key_value_heads=3, head_dim=4)
+    model = types.SimpleNamespace(config=cfg, dtype="float32")
+    per_token = 2 * 2 * 3 * 4 * 4  # K and V, layers, kv heads, head dim, bytes
+    vs = types.SimpleNamespace(model=model, max_concurrent_decodes=8, max_model_len=256)
+    es = types.SimpleNamespace(model=model, page_size=16, num_pages=100)
+    out = kv_bytes({"vsurge": vs, "esurge": es}, 256, 8, page_peak=10)
+    assert out["vsurge"]["reserved"] == 8 * 256 * per_token
+    assert out["esurge"] == {"reserved": 100 * 16 * per_token, "in_use_peak": 10 * 16 * per_token}

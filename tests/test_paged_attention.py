@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 
 from workbench.engines.ragged_batch import StepLayout, build_step
-from workbench.models.paged_attention import (PagedAttentionMeta, naive_paged_attention,
-                                              paged_attention)
+from workbench.models import paged_attention as pa
+from workbench.models.paged_attention import (
+    PagedAttentionMeta,
+    naive_paged_attention,
+    paged_attention,
+)
 
 L, P, S, Hkv, H, D = 2, 40, 4, 2, 4, 8
 
@@ -54,6 +58,15 @@ def _run(spec, layout, sliding_window=None, seed=0, jit=False):
 
 
 MIXED = [(0, 9), (7, 1), (13, 6), (30, 1), (0, 1), (21, 2), (5, 1)]
+
+
+@pytest.fixture(params=["dense-fresh", "fresh-tiles"], autouse=True)
+def fresh_path(request, monkeypatch):
+    """Both ways of attending prompt chunks to their own tokens: the dense [T, T] product (small
+    steps) and the loop over fresh tiles (steps above DENSE_FRESH_MAX_TOKENS)."""
+    if request.param == "fresh-tiles":
+        monkeypatch.setattr(pa, "DENSE_FRESH_MAX_TOKENS", 0)
+    return request.param
 
 
 @pytest.mark.parametrize("window", [None, 5])

@@ -31,6 +31,12 @@ import jax.numpy as jnp
 import numpy as np
 
 _NEG = -1e30
+# Steps of at most this many tokens attend lane P's chunks to their own tokens with one dense
+# masked [T, T] product instead of the loop over fresh tiles: on the CPU a 256-token prompt chunk
+# is 136 tiles of 16 x 16, nine loop iterations per layer whose fixed cost outweighs the
+# arithmetic (see benchmarks/README.md, eSurge). Above it (an accelerator's 2048-token budget)
+# the [H, T, T] scores would grow quadratically, and the loop stays.
+DENSE_FRESH_MAX_TOKENS = 512
 
 
 @jax.tree_util.register_dataclass
@@ -115,6 +121,47 @@ def _loop(acc, num, chunk, body):
     return jax.lax.fori_loop(0, (num + chunk - 1) // chunk, step, acc)
 
 
+def _merge(acc, stats):
+    """Two softmax states of the same blocks `(max, sum, weighted values)` as one."""
+    m_a, l_a, o_a = acc
+    m_b, l_b, o_b = stats
+    m = jnp.maximum(m_a, m_b)
+    a, b = jnp.exp(m_a - m), jnp.exp(m_b - m)
+    return m, l_a * a + l_b * b, o_a * a[..., None] + o_b * b[..., None]
+
+
+def _fresh_dense(lane: LaneTiles, q, k_new, v_new, positions, *, sliding_window, scale):
+    """Lane P's attention over its chunks' own tokens as one masked `[T, T]` attention of the
+    flat batch (a token sees the earlier-or-same tokens of its own chunk), returned as the
+    blocks' softmax state `[N, Hkv, G, Qt(, D)]`. Same result as the loop over fresh tiles;
+    at small T (a CPU's token budget) one dense product costs far less than the loop's many
+    small tiles (see DENSE_FRESH_MAX_TOKENS)."""
+    T, H, D = q.shape
+    Hkv = k_new.shape[1]
+    N, Qt = lane.tok.shape
+    F = lane.fresh_blk.shape[0]
+    # which blocks see which: the fresh tiles list (block, earlier-or-same block of its chunk)
+    ok = jnp.arange(F) < lane.num_fresh
+    same = jnp.zeros((N + 1, N + 1), bool).at[
+        jnp.where(ok, lane.fresh_blk, N + 1), jnp.where(ok, lane.fresh_src, N + 1)].set(
+        True, mode="drop")  # row / column N: tokens outside lane P (see nothing)
+    blk_of = jnp.full((T + 1,), N, jnp.int32).at[lane.tok.reshape(-1)].set(
+        jnp.repeat(jnp.arange(N, dtype=jnp.int32), Qt), mode="drop")[:T]  # [T]
+    mask = same[blk_of[:, None], blk_of[None, :]] & _visible(positions, positions,
+                                                             sliding_window)  # [Tq, Tk]
+    qg = q.reshape(T, Hkv, H // Hkv, D)
+    s = jnp.einsum("thgd,uhd->hgtu", qg, k_new.astype(q.dtype),
+                   preferred_element_type=jnp.float32)
+    s = jnp.where(mask, s * scale, _NEG)  # [Hkv, G, T, T]
+    m = s.max(-1)
+    e = jnp.where(mask, jnp.exp(s - m[..., None]), 0.0)
+    o = jnp.einsum("hgtu,uhd->hgtd", e.astype(v_new.dtype), v_new,
+                   preferred_element_type=jnp.float32)
+    tok = jnp.minimum(lane.tok, T - 1)  # [N, Qt]; pads' results are dropped by the caller
+    return (m[:, :, tok].transpose(2, 0, 1, 3), e.sum(-1)[:, :, tok].transpose(2, 0, 1, 3),
+            o[:, :, tok].transpose(2, 0, 1, 3, 4))
+
+
 def _lane(lane: LaneTiles, q, k_new, v_new, positions, k_pages, v_pages, layer_base, *,
           sliding_window, scale, fresh_is_self):
     """Attention output `[N, Qt, H, D]` of one lane's query blocks."""
@@ -150,7 +197,10 @@ def _lane(lane: LaneTiles, q, k_new, v_new, positions, k_pages, v_pages, layer_b
         return blk, _tile_stats(qb[blk], k, v, mask, scale)
 
     acc = _loop(acc, lane.num_tiles, lane.chunk, past)
-    if not fresh_is_self:
+    if not fresh_is_self and T <= DENSE_FRESH_MAX_TOKENS:
+        acc = _merge(acc, _fresh_dense(lane, q, k_new, v_new, positions,
+                                       sliding_window=sliding_window, scale=scale))
+    elif not fresh_is_self:
         def fresh(idx, valid):  # tiles of this chunk's own tokens
             idx = jnp.minimum(idx, lane.fresh_blk.shape[0] - 1)
             blk, src = lane.fresh_blk[idx], lane.fresh_src[idx]
