@@ -44,6 +44,11 @@ class BackgroundEngine(Engine):
     def running(self) -> bool:
         return self.core.running
 
+    def health_error(self) -> str | None:
+        if self.core.error is not None:
+            return str(self.core.error)
+        return super().health_error()
+
     @property
     def scheduler(self):
         return self.core.scheduler

@@ -75,6 +75,7 @@ class EngineCore:
         self.step_times: collections.deque = collections.deque(maxlen=4096)
         self.host_times: collections.deque = collections.deque(maxlen=4096)
         self._blocked = 0.0
+        self.error: EngineError | None = None  # why the driver died, if it did
 
     # ---- lifecycle ----------------------------------------------------------------------------
     @property
@@ -179,7 +180,7 @@ class EngineCore:
                 self._update(self._inflight)
             self._inflight = None
         except BaseException as e:  # noqa: BLE001 - fail every request, keep the process alive
-            err = EngineError(f"{self.name} driver failed: {type(e).__name__}: {e}")
+            err = self.error = EngineError(f"{self.name} driver failed: {type(e).__name__}: {e}")
             for stream in list(self._streams.values()):
                 stream.put(err)
             self._streams.clear()

@@ -5,7 +5,8 @@ Routes:
     POST /v1/chat/completions   chat completions with the tokenizer's chat template
     GET  /v1/models             {"object": "list", "data": [{id, object: "model",
                                 max_model_len, ...}]}
-    GET  /health                200 {"status": "ok"} (never needs the API key)
+    GET  /health                200 {"status": "ok"} (never needs the API key); 503
+                                {"status": "error", "errors": {model: why}} when an engine died
     GET  /metrics               Prometheus text of every served engine's collector
     POST /tokenize              {model?, prompt | messages, add_special_tokens?} ->
                                 {tokens, count, max_model_len}
@@ -79,7 +80,11 @@ def create_app(engines: Any, *, api_key: str | dict[str, str] | None = None,
     install_error_handlers(app)
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
+    async def health() -> Any:
+        failed = {name: err for name, engine in served.engines.items()
+                  if (err := getattr(engine, "health_error", lambda: None)())}
+        if failed:  # a dead engine (e.g. a lost process of a multi-host job) fails the check
+            return JSONResponse({"status": "error", "errors": failed}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/v1/models")
