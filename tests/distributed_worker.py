@@ -35,6 +35,52 @@ def tiny_model():
     return random_model(cfg, seed=0, tokenizer=_byte_level_bpe(), name="tiny")
 
 
+def tp8_model():
+    """A tiny random Llama whose heads, MLP and vocabulary all divide by tp=8 (no tokenizer)."""
+    from workbench.loading.loader import random_model
+    from workbench.models.config import ModelConfig
+
+    cfg = ModelConfig(architecture="LlamaForCausalLM", vocab_size=512, hidden_size=64,
+                      intermediate_size=128, num_hidden_layers=2, num_attention_heads=8,
+                      num_key_value_heads=8, head_dim=8, max_position_embeddings=256,
+                      eos_token_ids=(2,))
+    return random_model(cfg, seed=1, name="tp8")
+
+
+def save_checkpoint(lm, directory: str) -> int:
+    """Write `lm` as an HF-format safetensors directory; returns the tensor bytes written."""
+    import numpy as np
+    from flax import nnx
+    from safetensors.numpy import save_file
+
+    from workbench.models.weights import hf_tensor_names
+
+    c = lm.config
+    tensors = {}
+    for path, var in nnx.to_flat_state(lm.state):
+        path = tuple(str(p) for p in path)
+        if path == ("inv_freq",):
+            continue
+        value = np.asarray(var.get_value())
+        names = hf_tensor_names(path, c.num_hidden_layers)
+        parts = list(value) if path[0] == "layers" else [value]
+        for name, t in zip(names, parts):
+            tensors[name] = np.ascontiguousarray(t.T if path[-1] == "kernel" else t)
+    os.makedirs(directory, exist_ok=True)
+    save_file(tensors, os.path.join(directory, "model.safetensors"))
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump({"architectures": [c.architecture], "model_type": "llama",
+                   "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
+                   "intermediate_size": c.intermediate_size,
+                   "num_hidden_layers": c.num_hidden_layers,
+                   "num_attention_heads": c.num_attention_heads,
+                   "num_key_value_heads": c.num_key_value_heads, "head_dim": c.head_dim,
+                   "rms_norm_eps": c.rms_norm_eps, "rope_theta": c.rope_theta,
+                   "max_position_embeddings": c.max_position_embeddings,
+                   "tie_word_embeddings": c.tie_word_embeddings, "eos_token_id": 2}, f)
+    return sum(t.nbytes for t in tensors.values())
+
+
 def greedy():
     from workbench.sampling_params import SamplingParams
 
@@ -65,6 +111,12 @@ def _run_engine(engine, leader: bool, distributed) -> list | None:
         distributed.release(engine)
 
 
+def jax_process() -> int:
+    import jax
+
+    return jax.process_index()
+
+
 def parity(leader: bool, out_dir: str) -> dict:
     import httpx
 
@@ -75,6 +127,16 @@ def parity(leader: bool, out_dir: str) -> dict:
     result: dict = {"mesh": dict(lm.mesh.shape), "num_devices": len(lm.mesh.devices.flat)}
     ids = [p[:8] + [0] * (8 - len(p[:8])) for p in PROMPTS[:4]]
     result["logits"] = lm.logits(ids).tolist()  # both processes: a collective
+    # loading on a mesh whose tp spans both processes: each reads only its devices' ranges
+    from workbench.loading.loader import load_model
+
+    ckpt = os.path.join(out_dir, f"ckpt{jax_process()}")
+    result["checkpoint_bytes"] = save_checkpoint(tp8_model(), ckpt)
+    loaded = load_model(ckpt, dtype="float32", mesh=distributed.global_mesh(1, 8),
+                        progress=False)
+    result["tp8_logits"] = loaded.logits(ids).tolist()
+    result["tp8_bytes_read"] = loaded.checkpoint_bytes_read
+    loaded.close()
     vinf, vsurge = engines(lm)
     result["vinference"] = _run_engine(vinf, leader, distributed)
     result["vsurge"] = _run_engine(vsurge, leader, distributed)

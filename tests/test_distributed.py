@@ -89,7 +89,7 @@ def reference():
     ids = [p[:8] + [0] * (8 - len(p[:8])) for p in worker.PROMPTS[:4]]
     vinf, vsurge = worker.engines(lm)
     with vinf, vsurge:
-        return {"logits": lm.logits(ids),
+        return {"logits": lm.logits(ids), "tp8_logits": worker.tp8_model().logits(ids),
                 "vinference": worker.tokens(vinf.generate(worker.PROMPTS, worker.greedy())),
                 "vsurge": worker.tokens(vsurge.generate(worker.PROMPTS, worker.greedy()))}
 
@@ -102,6 +102,15 @@ def test_global_mesh_spans_both_processes(two_process_run):
 def test_logits_equal_single_process(two_process_run, reference):
     np.testing.assert_allclose(np.array(two_process_run["logits"]), reference["logits"],
                                rtol=1e-5, atol=1e-5)
+
+
+def test_each_process_reads_only_its_shards(two_process_run, reference):
+    """tp=8 over both processes: a process holds half of every sharded weight and reads only
+    that half (plus the replicated norms) from the checkpoint; the logits are unchanged."""
+    np.testing.assert_allclose(np.array(two_process_run["tp8_logits"]), reference["tp8_logits"],
+                               rtol=1e-5, atol=1e-5)
+    total, read = two_process_run["checkpoint_bytes"], two_process_run["tp8_bytes_read"]
+    assert 0.45 * total < read < 0.55 * total, (read, total)
 
 
 def test_vinference_greedy_tokens_equal_single_process(two_process_run, reference):
@@ -146,3 +155,31 @@ def test_lost_follower_fails_the_leader_fast(tmp_path, sig):
     assert result["health"] == 503, result
     (why,) = result["health_body"]["errors"].values()
     assert "follower process died" in why
+
+
+def test_plan_codec_sends_owners_only_when_they_change():
+    """vSurge's plan on the wire: what the slot runner reads, owners only when they change."""
+    from types import SimpleNamespace as NS
+
+    from workbench.distributed import _PlanCodec
+    from workbench.engines.vsurge_scheduler import Assignment, DecodePlan, SchedulerOutput
+    from workbench.sampling_params import SamplingParams
+
+    sp = SamplingParams(max_tokens=4, temperature=0.0)
+    a = Assignment(NS(prompt_ids=[5, 6, 7]), NS(params=sp, seed=11), slot=1)
+    owners = [None, a]
+    leader, follower = _PlanCodec(), _PlanCodec()
+    plan = SchedulerOutput(prefill_batches=[[a]], decode=DecodePlan(
+        owners=owners, stop_mask=None, moves=[(1, 0)], seen=[3]))
+    wire = leader.encode(plan)
+    got = follower.decode(wire)
+    (b,) = got.prefill_batches[0]
+    assert (b.slot, b.request.prompt_ids, b.sequence.params, b.sequence.seed) == (
+        1, [5, 6, 7], sp, 11)
+    assert got.decode.moves == [(1, 0)] and got.decode.seen == [3]
+    assert got.decode.owners[0] is None and got.decode.owners[1] == b
+    again = leader.encode(SchedulerOutput(prefill_batches=[], decode=DecodePlan(
+        owners=owners, stop_mask=[True, False], moves=[], seen=[4])))
+    assert again["decode"][0] is None  # unchanged owners are not sent again
+    got2 = follower.decode(again)
+    assert got2.decode.owners is got.decode.owners and got2.decode.stop_mask == [True, False]
