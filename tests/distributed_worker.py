@@ -92,7 +92,7 @@ def engines(lm):
     from workbench.engines.vinference import vInference
     from workbench.engines.vsurge import vSurge
 
-    return (vInference(lm, max_batch_size=4, max_model_len=64),
+    return (vInference(lm, max_batch_size=16, max_model_len=64),
             vSurge(lm, max_concurrent_decodes=8, max_concurrent_prefill=4, max_model_len=64))
 
 

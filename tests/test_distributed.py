@@ -18,7 +18,7 @@ import pytest
 from tests import distributed_worker as worker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMEOUT = 240.0  # seconds for a whole two-process scenario on a loaded 2-core machine
+TIMEOUT = 420.0  # seconds for a two-process scenario to get ready on a loaded 2-core machine
 
 
 def _free_port() -> int:

@@ -69,7 +69,7 @@ class SafetensorsCheckpoint:
             raise CheckpointError(f"tensor {name!r} not found in {self.directory!r}")
         file = self._where[name]
         try:
-            with jax.default_device(jax.devices("cpu")[0]):
+            with jax.default_device(jax.local_devices(backend="cpu")[0]):
                 t = np.asarray(self._handles[file].get_tensor(name))
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise CheckpointError(
@@ -86,7 +86,7 @@ class SafetensorsCheckpoint:
             raise CheckpointError(f"tensor {name!r} not found in {self.directory!r}")
         file = self._where[name]
         try:
-            with jax.default_device(jax.devices("cpu")[0]):
+            with jax.default_device(jax.local_devices(backend="cpu")[0]):
                 t = np.asarray(self._handles[file].get_slice(name)[tuple(index)])
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise CheckpointError(
