@@ -32,6 +32,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import enum
+import logging
 import pickle
 import types
 from typing import Any, Callable
@@ -39,6 +40,9 @@ from typing import Any, Callable
 import jax
 import numpy as np
 from jax.sharding import Mesh
+
+
+logger = logging.getLogger("workbench.distributed")
 
 
 class DistributedError(RuntimeError):
@@ -337,8 +341,16 @@ def follow(engine, channel: StepChannel | None = None) -> int:
         elif op == Op.FETCH:
             runner.fetch(handles.popleft())
         elif op == Op.RUN and isinstance(engine, vInference):
-            for _ in engine._run(requests_from_wire(engine, payload)):
-                pass
+            try:
+                for _ in engine._run(requests_from_wire(engine, payload)):
+                    pass
+            except DistributedError:
+                raise
+            except (ValueError, RuntimeError) as e:
+                # The leader runs the same batch and meets the same error at the same step (it
+                # answers its caller); the two stay in step, so go on with the next message.
+                logger.warning("follower %d: a batch failed as on the leader: %s",
+                               process_index(), e)
         else:
             raise DistributedError(f"unexpected step {op.name} for a follower "
                                    f"{type(engine).__name__}")

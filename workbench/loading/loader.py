@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from workbench.distributed import to_host
@@ -73,7 +73,10 @@ class LoadedModel:
         c = self.config
         sharding = None
         if self.mesh is not None:
-            sharding = shd.named_sharding(self.mesh, shd.cache_spec(c, self.mesh))
+            spec = shd.cache_spec(c, self.mesh)
+            if batch_size % self.mesh.shape["dp"]:  # e.g. one row on dp=2: replicate the rows
+                spec = P(*(None if axis == "dp" else axis for axis in spec))
+            sharding = shd.named_sharding(self.mesh, spec)
         return ContiguousKVCache.create(
             c.num_hidden_layers, batch_size, max_len, c.num_key_value_heads, c.head_dim,
             dtype or self.dtype, sharding=sharding,
