@@ -5,7 +5,8 @@ one process with 8 fake CPU devices, on the same (dp=2, tp=4) mesh, model and re
 
 Prints, per engine: the median wall time of a vSurge driver iteration (one decode step per
 iteration on a CPU) and of a whole vInference batch, both after a warm-up run (compilation
-excluded), and the plan's size in bytes per vSurge step (what the leader broadcasts).
+excluded), the plan's size in bytes per message (what the leader broadcasts), the messages per
+batch, and the bare cost of one message.
 """
 
 from __future__ import annotations
@@ -73,6 +74,15 @@ def measure(args, distributed_run: bool) -> dict | None:
         else:
             engine.close()
         out[name] = row
+    if distributed_run:  # the bare cost of one message (one 512-byte broadcast), both processes
+        channel = distributed.StepChannel()
+        mask = [True] * args.requests
+        for _ in range(5):
+            channel._exchange(distributed.Op.SYNC, mask)
+        t0 = time.perf_counter()
+        for _ in range(50):
+            channel._exchange(distributed.Op.SYNC, mask)
+        out["message_ms"] = (time.perf_counter() - t0) / 50 * 1e3
     return out if leader else None
 
 
@@ -146,6 +156,7 @@ def main() -> None:
           f"{two['vsurge']['tokens_per_s'] / one['vsurge']['tokens_per_s']:13.2f} "
           f"{two['vinference']['batch_s_p50'] / one['vinference']['batch_s_p50']:19.2f} "
           f"{two['vinference']['tokens_per_s'] / one['vinference']['tokens_per_s']:17.2f}")
+    print(f"one message (a 512-byte broadcast_one_to_all): {two['message_ms']:.2f} ms")
     for name in ("vsurge", "vinference"):
         r = two[name]
         print(f"{name}: plan bytes per message p50 {r['plan_bytes_p50']:.0f}, max "

@@ -10,10 +10,11 @@ mirror the leader's device calls:
     follower:  op, plan = channel.receive()                     -> runner.execute(plan) -> ...
 
 NOTE: the one idea. The step channel (`StepChannel`) carries each step's plan from the leader to
-the followers with JAX itself (`multihost_utils.broadcast_one_to_all`: a fixed-size header
-[op, num_bytes], then the plan's bytes padded to a power-of-two bucket); we write no RPC of our
-own. Everything a device call reads on the host (prompt ids, sampling parameters, seeds, slots,
-moves, stop masks) is in the plan, so followers dispatch exactly the leader's programs.
+the followers with JAX itself (`multihost_utils.broadcast_one_to_all` of a fixed-size frame
+[op, num_bytes, the plan's first bytes], and the rest, padded to a power-of-two bucket, only when
+the plan does not fit); we write no RPC of our own. Everything a device call reads on the host
+(prompt ids, sampling parameters, seeds, slots, moves, stop masks) is in the plan, so followers
+dispatch exactly the leader's programs.
 
 - `initialize(...)`: `jax.distributed.initialize` from the environment (TPU / SLURM / ...
   auto-detection) or from an explicit coordinator address, process count and id; CPU collectives
@@ -40,7 +41,6 @@ from typing import Any, Callable
 import jax
 import numpy as np
 from jax.sharding import Mesh
-
 
 logger = logging.getLogger("workbench.distributed")
 
@@ -135,6 +135,9 @@ class Op(enum.IntEnum):
     SYNC = 6  # vInference: the rows the leader's host has finished
 
 
+FRAME_BYTES = 512  # one broadcast per message when the plan fits (most steps' plans do)
+
+
 def _bucket(n: int) -> int:
     return max(256, 1 << (n - 1).bit_length())
 
@@ -161,16 +164,24 @@ class StepChannel:
         return np.asarray(multihost_utils.broadcast_one_to_all(x))
 
     def _exchange(self, op: Op, payload: Any) -> tuple[Op, Any]:
+        """One broadcast of a fixed-size frame [op, num_bytes, first bytes of the payload]; a
+        second one, padded to a power-of-two bucket, only for a payload that does not fit."""
         data = b"" if payload is None else pickle.dumps(payload, protocol=5)
-        header = self._broadcast(np.array([int(op), len(data)], np.int64))
-        op, size = Op(int(header[0])), int(header[1])
-        if size == 0:
-            return op, None
-        buf = np.zeros(_bucket(size), np.uint8)
+        frame = np.zeros(FRAME_BYTES, np.uint8)
         if self.leader:
-            buf[:size] = np.frombuffer(data, np.uint8)
-        buf = self._broadcast(buf)
-        return op, pickle.loads(buf[:size].tobytes())
+            frame[:16] = np.array([int(op), len(data)], np.int64).view(np.uint8)
+            head = data[:FRAME_BYTES - 16]
+            frame[16:16 + len(head)] = np.frombuffer(head, np.uint8)
+        frame = self._broadcast(frame)
+        op, size = (int(x) for x in frame[:16].view(np.int64))
+        body = frame[16:16 + size].tobytes()
+        if size > FRAME_BYTES - 16:
+            rest = np.zeros(_bucket(size - len(body)), np.uint8)
+            if self.leader:
+                tail = data[len(body):]
+                rest[:len(tail)] = np.frombuffer(tail, np.uint8)
+            body += self._broadcast(rest)[:size - len(body)].tobytes()
+        return Op(op), (pickle.loads(body) if size else None)
 
     def guarded(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
         """Run `fn` (collectives) on the watchdog thread, at most `timeout` seconds (default

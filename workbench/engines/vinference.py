@@ -185,6 +185,7 @@ class vInference(Engine):  # noqa: N801 - the engine's name
                         self._abort_request(req)
                 for _ in batches:
                     pass
+            batches.close()
             for req in requests:
                 self._active.pop(req.request_id, None)
             if self.channel is not None and self.channel.leader:
