@@ -113,3 +113,10 @@ def test_dashboard_command_serves_loads_and_stops(tiny_checkpoints):
     assert codes == [0]
     args.engines = "vinference,warp-drive"
     assert run_dashboard(args, out=io.StringIO()) == 2
+
+
+def test_serve_distributed_options_and_unsupported_engine():
+    assert "--coordinator-address" in _run("serve", "--help").stdout
+    r = _run("serve", "--distributed", "--engine", "esurge", "--port", "0")
+    assert r.returncode == 2
+    assert "--distributed runs vinference or vsurge" in r.stderr and "Traceback" not in r.stderr

@@ -44,6 +44,11 @@ class BackgroundEngine(Engine):
     def running(self) -> bool:
         return self.core.running
 
+    def health_error(self) -> str | None:
+        if self.core.failure is not None:
+            return self.core.failure
+        return super().health_error()
+
     @property
     def failure(self) -> str | None:
         """Why the engine is dead (it failed and could not recover), or None."""

@@ -48,6 +48,8 @@ class Engine(abc.ABC):
     """Base class: request building and validation, chat, async twins, lifecycle."""
 
     engine_name: str = "engine"
+    # On a multi-host mesh: the step channel to the other processes (`workbench.distributed`).
+    channel = None
 
     def __init__(self, model: LoadedModel, *, max_model_len: int | None = None):
         if not isinstance(model, LoadedModel):
@@ -244,6 +246,12 @@ class Engine(abc.ABC):
         (out,) = self.generate([ids], params)
         out.prompt = text
         return out
+
+    def health_error(self) -> str | None:
+        """Why this engine cannot serve (a server's /health answers 503), or None when it can."""
+        if self.channel is not None and self.channel.error is not None:
+            return str(self.channel.error)
+        return None
 
     def metrics(self) -> dict:
         return self.collector.snapshot()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from typing import AsyncIterator, Iterator
 
@@ -32,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from workbench import distributed
 from workbench.engines.base import Engine
 from workbench.engines.batch_queue import BatchQueue
 from workbench.engines.batching import build_prefill_batch, prepare_request
@@ -96,6 +98,7 @@ class vInference(Engine):  # noqa: N801 - the engine's name
     def _set_gauges(self, num_running: int, num_waiting: int) -> None:
         self.collector.set_running(num_running)
         self.collector.set_waiting(num_waiting)
+        self._channel_lock = threading.Lock()
 
     # ---- public API ---------------------------------------------------------------------------
     def generate(self, prompts, sampling_params=None) -> list[RequestOutput]:
@@ -221,11 +224,20 @@ class vInference(Engine):  # noqa: N801 - the engine's name
     # ---- running batches ---------------------------------------------------------------------
     def _run(self, requests: list[Request]) -> Iterator[None]:
         """Run every sequence of `requests`; yields after each step of device work."""
+        if self.channel is not None and self.channel.leader:
+            # one batch at a time on a multi-host mesh: the followers run the same batch
+            self._channel_lock.acquire()
+            try:
+                self.channel.send(distributed.Op.RUN, distributed.requests_to_wire(requests))
+            except BaseException:
+                self._channel_lock.release()
+                raise
         for req in requests:
             self._active[req.request_id] = req
             self.collector.on_arrival(req.request_id, len(req.prompt_ids), n=req.params.n,
                                       max_tokens=req.params.max_tokens)
-        try:
+
+        def steps() -> Iterator[None]:
             rows = [(r, s) for r in requests if self._prepare(r) for s in r.sequences]
             for batch in self._batches(rows):
                 try:
@@ -236,9 +248,27 @@ class vInference(Engine):  # noqa: N801 - the engine's name
                     for req in {id(r): r for r, _ in batch}.values():
                         self._fail(req, f"a device step failed: {type(e).__name__}: {e}")
                     yield
+
+        batches = steps()
+        completed = False
+        try:
+            for _ in batches:
+                yield
+            completed = True
         finally:
+            if not completed and self.channel is not None:
+                # The consumer left early: abort the rest and run the batches out (every row
+                # finished, so they end at their next step), as the followers do.
+                for req in requests:
+                    if not req.finished:
+                        self._abort_request(req)
+                for _ in batches:
+                    pass
+            batches.close()
             for req in requests:
                 self._active.pop(req.request_id, None)
+            if self.channel is not None and self.channel.leader:
+                self._channel_lock.release()
             self.collector.set_kv_cache_usage(0.0)  # the batch's cache is dropped
 
     def prepare(self, req: Request) -> None:
@@ -280,7 +310,7 @@ class vInference(Engine):  # noqa: N801 - the engine's name
             self.collector.on_finish(req.request_id, "error")
 
     def _run_batch(self, rows: list[Row]) -> Iterator[None]:
-        live = [row for row in rows if not row[1].finished]
+        live = [row for row, done in zip(rows, self._finished(rows)) if not done]
         if not live:
             return
         for req in {id(r): r for r, _ in live}.values():
@@ -301,13 +331,13 @@ class vInference(Engine):  # noqa: N801 - the engine's name
         state_params = self.model.state
         out, cache = self.runner.prefill(state_params, cache, batch.ids, batch.positions,
                                          batch.last_idx, sampling, penalties, num_top=K)
-        first = jax.device_get(out)
+        first = distributed.to_host(out)
         self._append(live, first.tokens[:, None], first.logprobs[:, None],
                      first.top_ids[:, None], first.top_logprobs[:, None], K)
         yield
 
         done = np.ones(B, bool)
-        done[: len(live)] = [s.finished for _, s in live]
+        done[: len(live)] = self._finished(live)
         state = DecodeState(
             tokens=out.tokens, positions=jnp.asarray(lens + [0] * (B - len(live)), jnp.int32),
             output_pos=jnp.ones(B, jnp.int32), done=jnp.asarray(done),
@@ -334,7 +364,7 @@ class vInference(Engine):  # noqa: N801 - the engine's name
                                           sampling, num_steps=self.streaming_chunk, num_top=K)
             return out[0], self.reads.reset(out[1]), out[2]
 
-        while not all(s.finished for _, s in live):
+        while not self._finished(live).all():
             if pending is None:
                 pending = dispatch(cache, state)
             state, cache, chunk = pending
@@ -342,7 +372,7 @@ class vInference(Engine):  # noqa: N801 - the engine's name
             if pipelined:  # dispatch the next chunk before reading this one
                 pending = dispatch(cache, state)
                 cache = None  # donated to the pending call
-            host = jax.device_get(chunk)
+            host = distributed.to_host(chunk)
             if (host.tokens[: len(live)] < 0).all():
                 # every row is done on device (the host already knows it too)
                 for _, s in live:
@@ -358,9 +388,16 @@ class vInference(Engine):  # noqa: N801 - the engine's name
             jax.block_until_ready(pending[2].tokens)
         del cache, pending
 
+    def _finished(self, live: list[Row]) -> np.ndarray:
+        """[len(live)] bool: rows the host has finished. On a multi-host mesh the leader's view
+        is sent to the followers here, so every process dispatches the same steps."""
+        if self.channel is not None:
+            return distributed.sync_finished(self.channel, live)
+        return np.array([s.finished for _, s in live], bool)
+
     def _merge_host_done(self, state: DecodeState, live: list[Row], B: int) -> DecodeState:
         host_done = np.ones(B, bool)
-        host_done[: len(live)] = [s.finished for _, s in live]
+        host_done[: len(live)] = self._finished(live)
         return DecodeState(state.tokens, state.positions, state.output_pos,
                            state.done | host_done, state.max_tokens, state.penalties)
 

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from workbench import distributed
 from workbench.engines.batching import build_prefill_batch, prepare_request, top_logprob_width
 from workbench.engines.buckets import pick_bucket
 from workbench.engines.decode_reads import DecodeReads
@@ -127,8 +128,9 @@ class SlotDevice:
 
     @staticmethod
     def fetch(out: "SlotOutput") -> "SlotOutput":
-        """The plan's sampled tokens on the host (one transfer; blocks until they exist)."""
-        return jax.device_get(out)
+        """The plan's sampled tokens on the host (one transfer; blocks until they exist;
+        gathered across processes when the batch is split over them)."""
+        return distributed.to_host(out)
 
     # ---- dispatches ------------------------------------------------------------------------------
     def prefill(self, batch: list[Assignment]) -> SamplerOutput:

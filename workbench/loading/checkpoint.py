@@ -33,6 +33,7 @@ class SafetensorsCheckpoint:
                 f"no weights in {directory!r}: expected model.safetensors or a "
                 "model.safetensors.index.json with its shards"
             )
+        self.bytes_read = 0  # bytes of tensor data read so far (whole tensors and slices)
         self._stack = ExitStack()
         self._handles = {}
         self._where: dict[str, str] = {}
@@ -68,13 +69,32 @@ class SafetensorsCheckpoint:
             raise CheckpointError(f"tensor {name!r} not found in {self.directory!r}")
         file = self._where[name]
         try:
-            with jax.default_device(jax.devices("cpu")[0]):
-                return np.asarray(self._handles[file].get_tensor(name))
+            with jax.default_device(jax.local_devices(backend="cpu")[0]):
+                t = np.asarray(self._handles[file].get_tensor(name))
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise CheckpointError(
                 f"cannot read tensor {name!r} from {os.path.join(self.directory, file)!r} "
                 f"(truncated or corrupt?): {e}"
             ) from e
+        self.bytes_read += t.nbytes
+        return t
+
+    def get_slice(self, name: str, index: tuple[slice, ...]) -> np.ndarray:
+        """A range of the tensor (one slice per dimension) as a host array; only that range is
+        read from the file."""
+        if name not in self._where:
+            raise CheckpointError(f"tensor {name!r} not found in {self.directory!r}")
+        file = self._where[name]
+        try:
+            with jax.default_device(jax.local_devices(backend="cpu")[0]):
+                t = np.asarray(self._handles[file].get_slice(name)[tuple(index)])
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(
+                f"cannot read tensor {name!r} from {os.path.join(self.directory, file)!r} "
+                f"(truncated or corrupt?): {e}"
+            ) from e
+        self.bytes_read += t.nbytes
+        return t
 
     def close(self):
         self._stack.close()

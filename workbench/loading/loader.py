@@ -17,9 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, PartitionSpec as P
 from tqdm.auto import tqdm
 
+from workbench.distributed import to_host
 from workbench.loading import sharding as shd
 from workbench.loading.checkpoint import CheckpointError, SafetensorsCheckpoint
 from workbench.loading.sources import ModelSourceError, resolve_source
@@ -50,6 +51,7 @@ class LoadedModel:
     mesh: Mesh | None = None
     load_seconds: float = 0.0
     attention_backend: str = "xla"
+    checkpoint_bytes_read: int = 0  # by this process (a multi-host mesh: only its shards)
 
     @property
     def model(self) -> nnx.Module:
@@ -71,7 +73,10 @@ class LoadedModel:
         c = self.config
         sharding = None
         if self.mesh is not None:
-            sharding = shd.named_sharding(self.mesh, shd.cache_spec(c, self.mesh))
+            spec = shd.cache_spec(c, self.mesh)
+            if batch_size % self.mesh.shape["dp"]:  # e.g. one row on dp=2: replicate the rows
+                spec = P(*(None if axis == "dp" else axis for axis in spec))
+            sharding = shd.named_sharding(self.mesh, spec)
         return ContiguousKVCache.create(
             c.num_hidden_layers, batch_size, max_len, c.num_key_value_heads, c.head_dim,
             dtype or self.dtype, sharding=sharding,
@@ -102,7 +107,7 @@ class LoadedModel:
             raise ValueError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}")
         positions = np.where(mask > 0, np.cumsum(mask, axis=1) - 1, -1).astype(np.int32)
         out = _logits_fn(self.graphdef, self.attention_backend)(self.state, ids, positions)
-        return np.asarray(out)
+        return to_host(out)  # gathered when a multi-host mesh splits the batch
 
     def close(self) -> None:
         """Free the parameters' device memory; the object is unusable afterwards."""
@@ -183,12 +188,12 @@ def load_model(
         cfg = dataclasses.replace(cfg, eos_token_ids=cfg.eos_token_ids + extra_eos)
     get_model_class(cfg.architecture)
     mesh = shd.make_mesh(mesh)
-    graphdef, state = _load_params(directory, cfg, dt, mesh, progress)
+    graphdef, state, read_bytes = _load_params(directory, cfg, dt, mesh, progress)
     tokenizer = load_tokenizer(directory)
     return LoadedModel(
         graphdef=graphdef, state=state, config=cfg, hf_config=hf_config, tokenizer=tokenizer,
         name=name, path=directory, dtype=dt, mesh=mesh, load_seconds=time.perf_counter() - t0,
-        attention_backend=attention_backend,
+        attention_backend=attention_backend, checkpoint_bytes_read=read_bytes,
     )
 
 
@@ -202,26 +207,79 @@ def _load_params(directory, cfg: ModelConfig, dtype, mesh, progress):
                      disable=not progress)
         for path, var in items:
             path = tuple(str(p) for p in path)
+            sharding = None
+            if mesh is not None:
+                spec = shd.param_spec(path, len(var.get_value().shape), cfg, tp)
+                sharding = shd.named_sharding(mesh, spec)
             if path == ("inv_freq",):  # derived from the config, not stored
                 concrete = build_inv_freq(cfg)
+            elif sharding is not None and not sharding.is_fully_addressable:
+                # a multi-host mesh: read only the ranges this process's devices hold
+                values.append((path, _read_param_shards(ckpt, path, var, cfg, dtype, sharding)))
+                continue
             else:
                 concrete = _read_param(ckpt, path, var, cfg, dtype)
-            if mesh is not None:
-                spec = shd.param_spec(path, concrete.ndim, cfg, tp)
-                arr = jax.device_put(concrete, shd.named_sharding(mesh, spec))
+            if sharding is not None:
+                arr = jax.device_put(concrete, sharding)
             else:
                 arr = jnp.asarray(concrete)
             values.append((path, arr))
+        read_bytes = ckpt.bytes_read
     state = nnx.from_flat_state(
         [(p, var.copy(arr)) for (p, arr), (_, var) in zip(values, flat)]
     )
-    return graphdef, state
+    return graphdef, state, read_bytes
 
 
 def build_inv_freq(cfg: ModelConfig) -> np.ndarray:
     from workbench.models.rope import inv_frequencies
 
     return inv_frequencies(cfg)
+
+
+def _checked_names(ckpt: SafetensorsCheckpoint, path, var, cfg: ModelConfig) -> list[str]:
+    """The checkpoint tensors behind `path`; each must exist with the shape the config implies."""
+    names = hf_tensor_names(path, cfg.num_hidden_layers)
+    missing = [n for n in names if n not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {ckpt.directory!r} has no tensor {missing[0]!r}"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
+    expected = tuple(var.get_value().shape)
+    per_tensor = expected[1:] if path[0] == "layers" else expected
+    if path[-1] == "kernel":
+        per_tensor = per_tensor[::-1]  # checkpoints store linear weights as [out, in]
+    for n in names:
+        if ckpt.shape(n) != per_tensor:
+            raise CheckpointError(
+                f"tensor {n!r} in {ckpt.directory!r} has shape {ckpt.shape(n)}, but the config "
+                f"implies {per_tensor}"
+            )
+    return names
+
+
+def _read_param_shards(ckpt: SafetensorsCheckpoint, path, var, cfg: ModelConfig, dtype,
+                       sharding) -> jax.Array:
+    """The parameter as a global array, built from the ranges this process's devices hold
+    (`make_array_from_callback` asks only for those); each range is read once."""
+    names = _checked_names(ckpt, path, var, cfg)
+    shape = tuple(var.get_value().shape)
+    ranges: dict = {}
+
+    def read(index: tuple[slice, ...]) -> np.ndarray:
+        key = tuple((s.start, s.stop, s.step) for s in index)
+        if key not in ranges:
+            rest = tuple(index) + (slice(None),) * (len(shape) - len(index))
+            layers = names
+            if path[0] == "layers":  # stacked per-layer tensors: [L] leads
+                layers, rest = names[rest[0]], rest[1:]
+            hf_index = rest[::-1] if path[-1] == "kernel" else rest  # stored as [out, in]
+            ranges[key] = to_param(path, [ckpt.get_slice(n, hf_index) for n in layers]
+                                   ).astype(dtype)
+        return ranges[key]
+
+    return jax.make_array_from_callback(shape, sharding, read)
 
 
 def _read_param(ckpt: SafetensorsCheckpoint, path, var, cfg: ModelConfig, dtype) -> np.ndarray:

@@ -51,15 +51,44 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="on SIGTERM or Ctrl-C, stop accepting (503) and let the requests in "
                         "flight finish for up to this many seconds (default: 30)")
+    d = p.add_argument_group(
+        "several hosts", "one process per host (a TPU pod slice, GPU nodes): every process runs "
+        "the same command; process 0 serves, the others mirror its device steps (README: "
+        "'Running on a pod slice / several nodes')")
+    d.add_argument("--distributed", action="store_true",
+                   help="join a jax.distributed job; without the three options below JAX "
+                        "detects the cluster (Cloud TPU, SLURM, Open MPI)")
+    d.add_argument("--coordinator-address", default=None, help="host:port of process 0")
+    d.add_argument("--num-processes", type=int, default=None)
+    d.add_argument("--process-id", type=int, default=None)
+    d.add_argument("--mesh", default=None, metavar="DPxTP",
+                   help="e.g. 2x8 (default: tp = one host's devices, dp = the hosts)")
+    d.add_argument("--step-timeout", type=float, default=60.0,
+                   help="seconds the leader waits for the others at a step before it marks the "
+                        "engine failed (/health 503); default 60")
     p.set_defaults(func=run_serve)
     return p
 
 
-def load_model(source: str, dtype: str | None = None) -> Any:
+def _join_job(args: argparse.Namespace) -> Any:
+    """`--distributed`: join the job; returns the global mesh."""
+    from workbench import distributed
+
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    dp = tp = None
+    if args.mesh:
+        try:
+            dp, tp = (int(x) for x in args.mesh.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"--mesh must look like 2x8 (dp x tp), got {args.mesh!r}") from None
+    return distributed.global_mesh(dp, tp)
+
+
+def load_model(source: str, dtype: str | None = None, **kwargs: Any) -> Any:
     """`workbench.loading.loader.load_model`, imported only when a model is loaded."""
     from workbench.loading.loader import load_model as load
 
-    return load(source, dtype=dtype)
+    return load(source, dtype=dtype, **kwargs)
 
 
 def engine_class(name: str) -> type:
@@ -100,12 +129,28 @@ def run_serve(args: argparse.Namespace, *, stop: threading.Event | None = None,
     except ImportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    distributed = getattr(args, "distributed", False)
     try:
-        model = load_model(args.model, dtype=args.dtype)
+        if distributed:
+            if args.engine not in ("vinference", "vsurge") or getattr(args, "precompile", False):
+                raise ValueError("--distributed runs vinference or vsurge, without --precompile")
+            mesh = _join_job(args)
+            model = load_model(args.model, dtype=args.dtype, mesh=mesh)
+        else:
+            model = load_model(args.model, dtype=args.dtype)
         engine = cls(model, max_model_len=args.max_model_len)
     except (ValueError, OSError) as exc:  # unknown source, offline hub id, bad length
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if distributed:
+        from workbench import distributed as dist
+
+        if not dist.is_leader():
+            print(f"Process {dist.process_index()} of {dist.process_count()}: mirroring the "
+                  "leader's device steps.", file=out, flush=True)
+            dist.follow(engine)
+            return 0
+        dist.attach(engine, step_timeout=args.step_timeout)
     name = args.served_model_name or model.name
     if getattr(args, "precompile", False):
         print(f"Compiling {args.engine}'s shapes before serving...", file=out, flush=True)
@@ -138,4 +183,6 @@ def run_serve(args: argparse.Namespace, *, stop: threading.Event | None = None,
         close = getattr(engine, "close", None)
         if callable(close):
             close()
+        if distributed:
+            engine.channel.close()  # the followers return
     return 0

@@ -28,7 +28,9 @@ def engine_problem(engine: Any) -> str | None:
         return f"failed and cannot recover: {failure}"
     if getattr(engine, "closed", False):
         return "closed"
-    return None
+    check = getattr(engine, "health_error", None)  # e.g. a lost process of a multi-host job
+    error = check() if callable(check) else None
+    return f"failed: {error}" if error else None
 
 
 def problems(served: ServedModels) -> dict[str, str]:
