@@ -94,11 +94,11 @@ class vInference(Engine):  # noqa: N801 - the engine's name
         self._active: dict[str, Request] = {}
         self._queue = BatchQueue(self._run, name=self.engine_name, max_batch_size=max_batch_size,
                                  max_waiting=max_waiting, on_change=self._set_gauges)
+        self._channel_lock = threading.Lock()  # one batch at a time on a multi-host mesh
 
     def _set_gauges(self, num_running: int, num_waiting: int) -> None:
         self.collector.set_running(num_running)
         self.collector.set_waiting(num_waiting)
-        self._channel_lock = threading.Lock()
 
     # ---- public API ---------------------------------------------------------------------------
     def generate(self, prompts, sampling_params=None) -> list[RequestOutput]:
