@@ -46,7 +46,7 @@ def free_device_bytes(device=None) -> int | None:
     no statistics (the CPU)."""
     import jax
 
-    stats = (device or jax.devices()[0]).memory_stats()
+    stats = (device or jax.local_devices()[0]).memory_stats()
     if not stats or "bytes_limit" not in stats:
         return None
     return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))

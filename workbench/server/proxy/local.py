@@ -7,9 +7,10 @@ proxy adds its bookkeeping around it (see `backend.py`): an engine that is overl
 unavailable (closed, failed: 503) before the first byte is a `BackendFailure`, so the router tries
 the next backend; a 400 is the client's answer.
 
-Health: an engine with a `running` (or `is_running`) flag answers its probe while it is running;
-an engine without one (vInference) answers while its requests succeed (a failed request counts
-toward marking it down).
+Health: an engine answers its probe while the server's `/health` would call it serving
+(`workbench.server.health.engine_problem`: not closed, not dead, no `health_error()`); an engine
+that starts its worker on the first request (vInference's batch queue) is healthy while idle. A
+failed request still counts toward marking it down.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pydantic
 from starlette.responses import Response, StreamingResponse
 
 from workbench.server.errors import APIError, validation_error
+from workbench.server.health import engine_problem
 from workbench.server.protocol import ChatCompletionRequest, CompletionRequest
 from workbench.server.proxy.backend import BACKEND_HEADER, Attempt, Backend, BackendFailure, \
     Call, Target
@@ -34,15 +36,6 @@ logger = logging.getLogger("workbench.proxy")
 
 _ERROR_EVENT = 'data: {"error":'  # how serving.py's stream error events begin (compact JSON)
 
-
-def _running_flag(engine: Any) -> bool | None:
-    for attr in ("running", "is_running"):
-        value = getattr(engine, attr, None)
-        if callable(value):
-            value = value()
-        if isinstance(value, bool):
-            return value
-    return None
 
 
 class LocalEngine(Backend):
@@ -57,8 +50,7 @@ class LocalEngine(Backend):
         return f"LocalEngine({self.name!r})"
 
     async def probe(self) -> bool:
-        flag = _running_flag(self.engine)
-        return True if flag is None else flag
+        return engine_problem(self.engine) is None
 
     async def forward(self, call: Call, target: Target, attempt: Attempt) -> Response:
         body = dict(call.body)
