@@ -309,6 +309,7 @@ def attach(engine, channel: StepChannel | None = None, *, step_timeout: float = 
         if engine.running:
             raise DistributedError("attach the engine before starting it")
         engine.core.runner = LeaderRunner(engine.device, channel)
+        engine.device.skip_aborted = False  # the followers cannot see the leader's aborts
     elif isinstance(engine, vInference):
         pass
     else:
@@ -334,6 +335,8 @@ def follow(engine, channel: StepChannel | None = None) -> int:
         raise DistributedError("follow() is for followers; the leader calls attach()")
     engine.channel = channel
     runner = getattr(engine, "device", None)
+    if runner is not None:
+        runner.skip_aborted = False  # dispatch exactly what the leader dispatches
     codec = _PlanCodec()
     handles: collections.deque = collections.deque()
     count = 0

@@ -51,6 +51,8 @@ class SlotOutput:
 class SlotDevice:
     """The slots' device arrays and the calls that advance them; see the module docstring."""
 
+    skip_aborted = True  # leave requests with a queued abort out of a step (see execute)
+
     def __init__(self, model, runner: ModelRunner, reads: DecodeReads, *, num_slots: int,
                  max_model_len: int, decode_steps: int, row_buckets: Sequence[int],
                  batch_buckets: Sequence[int], prefill_buckets: Sequence[int],
@@ -101,11 +103,14 @@ class SlotDevice:
         row has an abort queued is not dispatched (the plan's `decode` becomes None). After a
         flood of cancelled requests, the driver thus neither computes nor compiles new batch
         shapes for clients that are gone. Each batch is checked just before its dispatch, so
-        aborts that arrive while an earlier batch compiles still count."""
+        aborts that arrive while an earlier batch compiles still count. On a multi-host mesh
+        (`skip_aborted` False) every process dispatches the plan as it is: a follower cannot see
+        the leader's aborts."""
+        gone = (lambda a: a.request.abort_requested) if self.skip_aborted else (lambda a: False)
         prefills, kept, skipped = [], [], []
         for batch in plan.prefill_batches:
-            live = [a for a in batch if not a.request.abort_requested]
-            skipped += [a for a in batch if a.request.abort_requested]
+            live = [a for a in batch if not gone(a)]
+            skipped += [a for a in batch if gone(a)]
             if live:
                 kept.append(live)
                 prefills.append(self.prefill(live))
@@ -120,7 +125,7 @@ class SlotDevice:
                 mask = np.zeros(self.num_slots, bool)
                 mask[[a.slot for a in skipped]] = True
                 self.stop_rows(mask)
-            if all(a is None or a.request.abort_requested for a in plan.decode.owners):
+            if all(a is None or gone(a) for a in plan.decode.owners):
                 plan.decode = None  # every row's client is gone
             else:
                 chunk = self.decode(plan.decode.owners, plan.decode.seen)
