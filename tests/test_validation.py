@@ -18,7 +18,8 @@ pytestmark = pytest.mark.slow
 
 VOCAB = 400
 _int = st.one_of(st.integers(-3, 70), st.sampled_from([2**31 - 1, 2**31, 2**63, 10**12, -2**63]))
-_num = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(-3, 3), _int)
+_edges = st.sampled_from([5e-324, 1e-45, 1e-40, 1e-6, 3.4e38, 1e300])  # float32's edges
+_num = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(-3, 3), _int, _edges)
 _anything = st.one_of(st.none(), st.booleans(), _int, _num, st.text(max_size=3))
 _text = st.one_of(st.text(max_size=12), st.sampled_from(["\ud800 hi", "a\udfff", "Hello"]))
 
@@ -69,6 +70,8 @@ def engines():
 def test_any_request_is_refused_up_front_or_completes(engines, kind):
     engine = engines[kind]
     completed = []
+    plain = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    (before,) = engine.generate(["hello there"], plain)
 
     @settings(max_examples=20, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
@@ -83,9 +86,13 @@ def test_any_request_is_refused_up_front_or_completes(engines, kind):
         assert out.finished and len(out.outputs) == params.n
         for o in out.outputs:
             assert o.finish_reason in ("stop", "length") and len(o.token_ids) <= params.max_tokens
+            assert all(0 <= t < VOCAB for t in o.token_ids), o.token_ids
         completed.append(params)
 
     check()
+    # nothing a request asked for changed the engine: the same greedy request, the same tokens
+    (after,) = engine.generate(["hello there"], plain)
+    assert after.outputs[0].token_ids == before.outputs[0].token_ids
     assert len(completed) >= 5, "the strategies should make some valid requests"
 
 
@@ -148,3 +155,29 @@ def test_bad_input_is_a_400_naming_the_field_and_the_server_goes_on(client, path
     ok = client.post("/v1/completions", json={"model": "vs", "prompt": "Hello", "max_tokens": 2})
     assert ok.status_code == 200, ok.text
     assert client.get("/health").status_code == 200
+
+
+EDGE_PARAMS = [dict(top_p=5e-324), dict(temperature=1e-40), dict(repetition_penalty=5e-324),
+               dict(temperature=1e-44, top_p=0.5), dict(temperature=3.4e38),
+               dict(presence_penalty=2.0, repetition_penalty=1e-30, temperature=1e-7)]
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_float32_edge_parameters_give_tokens_in_the_vocabulary_and_poison_nothing(engines, kind):
+    """top_p 5e-324 is > 0 (valid) but 0 in float32: it once dropped every token, the draw
+    returned id 768 of a 400-token vocabulary, and vSurge's cache then answered every later
+    request with garbage. Each edge value: tokens inside the vocabulary; the engine unchanged."""
+    engine = engines[kind]
+    plain = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    (before,) = engine.generate(["hello there"], plain)
+    outs = engine.generate(["(h C"] * len(EDGE_PARAMS),
+                           [SamplingParams(max_tokens=8, seed=3, ignore_eos=True, **kw)
+                            for kw in EDGE_PARAMS])
+    for kw, out in zip(EDGE_PARAMS, outs):
+        assert all(0 <= t < VOCAB for t in out.outputs[0].token_ids), (kw, out.outputs[0].token_ids)
+    (after,) = engine.generate(["hello there"], plain)
+    assert after.outputs[0].token_ids == before.outputs[0].token_ids
+
+
+def test_a_temperature_below_1e_5_is_greedy():
+    assert SamplingParams(temperature=1e-6).is_greedy and not SamplingParams(temperature=1e-5).is_greedy

@@ -10,13 +10,15 @@ requests. Order of operations, as in vLLM:
 4. repetition penalty over prompt + generated tokens: logits > 0 divided by it, < 0 multiplied
 5. frequency / presence penalties over generated tokens only:
    logits -= frequency * count + presence * (count > 0)
-6. greedy rows (temperature 0 or top_k 1) take the argmax here. Sampled rows continue:
+6. greedy rows (temperature below 1e-5, or top_k 1) take the argmax here. Sampled rows continue:
 7. divide by temperature
 8. min_p: drop tokens with prob < min_p * max_prob
 9. top-k: keep the k largest logits
 10. top-p: keep the smallest set of most likely tokens whose cumulative probability (of the
     distribution left after 8-9) is >= top_p; the top token always stays
-11. sample from the softmax of what is left with the row's key (inverse CDF, one uniform)
+11. sample from the softmax of what is left with the row's key (inverse CDF, one uniform); a row
+    whose distribution overflowed float32 (NaN) takes its argmax, and every token id is clipped
+    to the vocabulary, so no parameter value can send a bad id to the model
 
 Determinism: the key of row b's token at output position p is
 `jax.random.fold_in(key_from_seed(seed_b), p)`. It depends on (seed, p) only, never on the batch
@@ -41,6 +43,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from workbench.sampling_params import GREEDY_TEMPERATURE
 from workbench.sampling_tensors import PenaltyState, SamplingTensors
 
 __all__ = [
@@ -113,7 +116,7 @@ def apply_penalties_and_bias(
 
 
 def _greedy_rows(t: SamplingTensors) -> jnp.ndarray:
-    return (t.temperature <= 0) | (t.top_k == 1)  # [B] bool
+    return (t.temperature < GREEDY_TEMPERATURE) | (t.top_k == 1)  # [B] bool
 
 
 def _ordered_keys(x: jnp.ndarray) -> jnp.ndarray:
@@ -169,6 +172,7 @@ def filter_logits(x: jnp.ndarray, t: SamplingTensors) -> jnp.ndarray:
         need = t.top_p * jnp.sum(e, axis=-1)  # [B]
         # largest m with mass(x >= m) >= top_p: the smallest kept value of the nucleus
         low = _max_key_where(lambda m: jnp.sum(jnp.where(keys >= m[:, None], e, 0), -1) >= need, b)
+        low = jnp.minimum(low, jnp.max(keys, axis=-1))  # the top token stays (top_p -> 0 in f32)
         return jnp.where(use_p[:, None] & (keys < low[:, None]), NEG_INF, x)
 
     x = jax.lax.cond(jnp.any(use_k), top_k, lambda x: x, x)
@@ -249,9 +253,16 @@ def sample(
             t.seed, output_pos.astype(jnp.uint32)
         )  # [B] keys
         drawn = _draw(keys, filtered)  # [B]
-        return jnp.where(greedy, greedy_tokens, drawn)
+        # a row whose distribution overflowed (inf - inf = NaN: a temperature or penalty at the
+        # edge of float32) has nothing to draw from: it takes its argmax instead
+        drawable = ~jnp.isnan(jnp.max(filtered, axis=-1)) & ~jnp.isnan(
+            jnp.max(filtered - jnp.max(filtered, axis=-1, keepdims=True), axis=-1))
+        return jnp.where(greedy | ~drawable, greedy_tokens, drawn)
 
     tokens = jax.lax.cond(jnp.all(greedy), lambda x: greedy_tokens, sampled, x)  # [B]
+    # never an id outside the vocabulary (an all-NaN row's argmax is V): a bad id would reach
+    # the embedding and the KV cache of later steps
+    tokens = jnp.clip(tokens, 0, raw.shape[-1] - 1)
 
     lse = jax.nn.logsumexp(raw, axis=-1)  # [B]
     chosen = raw[jnp.arange(b), tokens] - lse  # [B]

@@ -22,6 +22,7 @@ MAX_TOP_LOGPROBS = 20
 MAX_SEED = 2**64  # exclusive
 MAX_ABS_LOGIT_BIAS = 100.0
 MAX_ABS_PENALTY = 2.0
+GREEDY_TEMPERATURE = 1e-5  # a temperature below this is greedy (vLLM's _SAMPLING_EPS)
 
 
 def _int(name: str, value: Any) -> int:
@@ -64,7 +65,8 @@ class SamplingParams:
             bounds prompt + max_tokens by its `max_model_len`).
         min_tokens: (vLLM) EOS and `stop_token_ids` are masked out until this many tokens have
             been generated (0 <= min_tokens <= max_tokens). Stop strings are not affected.
-        temperature: softmax temperature (>= 0). 0 means greedy (argmax).
+        temperature: softmax temperature (>= 0). 0 means greedy (argmax), and so does any
+            temperature below 1e-5 (as in vLLM: dividing by it overflows float32).
         top_k: (vLLM) keep only the k most likely tokens, in [-1, 2**31-1]; -1 or 0 disables
             it, and so does any k >= the model's vocabulary size (every token is kept). 1 is
             greedy.
@@ -238,8 +240,8 @@ class SamplingParams:
 
     @property
     def is_greedy(self) -> bool:
-        """True when sampling reduces to argmax (temperature 0 or top_k 1)."""
-        return self.temperature == 0 or self.top_k == 1
+        """True when sampling reduces to argmax (temperature below 1e-5, or top_k 1)."""
+        return self.temperature < GREEDY_TEMPERATURE or self.top_k == 1
 
     def with_seed(self, seed: int | None) -> SamplingParams:
         """A copy with `seed` replaced (validated)."""
