@@ -25,6 +25,19 @@ def tiny_lm():
     return random_model(cfg, seed=0, tokenizer=tok, name="tiny")
 
 
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@functools.cache
+def tiny_chat_lm():
+    """`tiny_lm`'s model with a ChatML chat template on its own tokenizer (for chat routes)."""
+    tok = _byte_level_bpe.__wrapped__()
+    tok.hf.chat_template = CHATML
+    lm = tiny_lm()
+    return random_model(lm.config, seed=0, tokenizer=tok, name="tiny-chat")
+
+
 def build(kind: str, lm=None, **kwargs):
     """A small engine of `kind` ("vinference", "vsurge", "esurge") on the tiny model."""
     lm = lm or tiny_lm()

@@ -5,7 +5,9 @@ envelope (`errors.py`). `install_openapi(app, api_key=...)` rewrites each operat
 no 422; 400 for routes that read input; 401 on every route but /health when an API key is set;
 404 for routes that select a model; 413 for POST routes (body size); 429 for the generation
 routes (queue full); 503 everywhere (the server drains; a generation's engine is dead). Every error
-response refers to one `ErrorResponse` schema, the envelope.
+response refers to one `ErrorResponse` schema, the envelope. Success media types are the real ones:
+`/metrics` answers Prometheus text (`text/plain`), the generation routes JSON or, with
+`"stream": true`, server-sent events (`text/event-stream`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ _ENVELOPE = {
                                             "type": {"type": "string"},
                                             "param": {"type": ["string", "null"]},
                                             "code": {"type": ["string", "null"]}}}}}
+
+_SUCCESS_MEDIA = {"/metrics": {"text/plain": {"schema": {"type": "string"}}}}
+for _path in _GENERATION:
+    _SUCCESS_MEDIA[_path] = {"application/json": {"schema": {"type": "object"}},
+                             "text/event-stream": {"schema": {"type": "string"}}}
 
 _WHY = {"400": "Invalid request (a field value, a limit, malformed JSON)",
         "401": "Missing or wrong API key", "404": "Unknown model or route",
@@ -67,6 +74,8 @@ def install_openapi(app: FastAPI, *, api_key: bool) -> None:
             for method, op in ops.items():
                 responses = op.setdefault("responses", {})
                 responses.pop("422", None)
+                if path in _SUCCESS_MEDIA:
+                    responses["200"]["content"] = _SUCCESS_MEDIA[path]
                 for code in _codes(path, method, api_key):
                     responses[code] = {"description": _WHY[code],
                                        "content": {"application/json": {"schema": ref}}}

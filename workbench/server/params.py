@@ -65,7 +65,11 @@ def tokenize_prompts(engine: Any, prompts: list[str | list[int]]) -> list[Prepar
                 check_text("prompt", p)
             except ValueError as exc:
                 raise bad_request(str(exc), "prompt") from exc
-            out.append(PreparedPrompt(engine.tokenizer.encode(p), p))
+            ids = engine.tokenizer.encode(p)
+            if not ids:  # "" with a tokenizer that adds no BOS (vLLM: "prompt cannot be empty")
+                raise bad_request("the prompt is empty: it has no tokens after tokenization",
+                                  "prompt")
+            out.append(PreparedPrompt(ids, p))
         else:
             out.append(PreparedPrompt(list(p), None))
     return out

@@ -22,11 +22,42 @@ tool calling, so a 400).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from workbench import sampling_params as sp
 from workbench.server.errors import UNSUPPORTED_FIELDS
+
+
+def _integral_float(value: Any) -> Any:
+    """JSON has one number type: 7.0 is the integer 7 (JSON Schema agrees); 7.5 stays an error."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# An integer field: an int, or a float with no fractional part. Strings and bools are errors.
+JsonInt = Annotated[int, BeforeValidator(_integral_float)]
+
+
+def _schema(**json_schema: Any) -> dict[str, Any]:
+    """Field kwargs that describe a range or shape in the OpenAPI document without enforcing it
+    here: `SamplingParams` checks the values (one source of truth for the messages)."""
+    return {"json_schema_extra": json_schema}
+
+
+_TOKEN_ID = {"type": "integer", "minimum": 0, "maximum": sp.MAX_INT32}
+_TOKEN_IDS = {"type": "array", "items": _TOKEN_ID, "minItems": 1}
+_STOP_STRING = {"type": "string", "minLength": 1, "maxLength": sp.MAX_STOP_LEN}
+_TEXT_PART = {"type": "object", "required": ["type", "text"], "additionalProperties": False,
+              "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}
 
 MAX_N = 128  # OpenAI's limit on choices per prompt
 
@@ -68,29 +99,42 @@ class _SamplingRequest(_Body):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
     model: str | None = Field(None, description="served model name; optional with one model")
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = Field(None, description="vLLM extension; -1 or 0 disables it")
-    min_p: float | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    repetition_penalty: float | None = None
-    seed: int | None = None
-    stop: Any = Field(None, description="a string or a list of up to 16 strings")
-    stop_token_ids: Any = Field(None, description="vLLM extension: list of token ids")
-    n: int | None = Field(None, ge=1, le=MAX_N, description="choices per prompt (default 1)")
-    logit_bias: Any = Field(None, description="{token id as a string: bias in [-100, 100]}")
+    temperature: float | None = Field(None, **_schema(minimum=0))
+    top_p: float | None = Field(None, **_schema(exclusiveMinimum=0, maximum=1))
+    top_k: JsonInt | None = Field(None, description="vLLM extension; -1 or 0 disables it",
+                                  **_schema(minimum=-1, maximum=sp.MAX_INT32))
+    min_p: float | None = Field(None, **_schema(minimum=0, maximum=1))
+    presence_penalty: float | None = Field(
+        None, **_schema(minimum=-sp.MAX_ABS_PENALTY, maximum=sp.MAX_ABS_PENALTY))
+    frequency_penalty: float | None = Field(
+        None, **_schema(minimum=-sp.MAX_ABS_PENALTY, maximum=sp.MAX_ABS_PENALTY))
+    repetition_penalty: float | None = Field(None, **_schema(exclusiveMinimum=0))
+    seed: JsonInt | None = Field(None, **_schema(minimum=-(2**63), maximum=2**63 - 1))
+    stop: Any = Field(None, description="a string or a list of up to 16 strings", **_schema(
+        anyOf=[_STOP_STRING, {"type": "array", "items": _STOP_STRING,
+                              "maxItems": sp.MAX_STOP_STRINGS}, {"type": "null"}]))
+    stop_token_ids: Any = Field(None, description="vLLM extension: list of token ids", **_schema(
+        anyOf=[{"type": "array", "items": _TOKEN_ID, "maxItems": sp.MAX_STOP_TOKEN_IDS},
+               {"type": "null"}]))
+    n: JsonInt | None = Field(None, ge=1, le=MAX_N, description="choices per prompt (default 1)")
+    logit_bias: Any = Field(None, description="{token id as a string: bias in [-100, 100]}",
+                            **_schema(anyOf=[{
+                                "type": "object", "maxProperties": sp.MAX_LOGIT_BIAS,
+                                "propertyNames": {"pattern": "^[0-9]{1,9}$"},
+                                "additionalProperties": {
+                                    "type": "number", "minimum": -sp.MAX_ABS_LOGIT_BIAS,
+                                    "maximum": sp.MAX_ABS_LOGIT_BIAS}}, {"type": "null"}]))
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool | None = None
-    min_tokens: int | None = None
+    min_tokens: JsonInt | None = Field(None, **_schema(minimum=0, maximum=sp.MAX_INT32))
     skip_special_tokens: bool | None = None
     user: str | None = Field(None, description="the tenant (eSurge's multi-tenant scheduling); "
                              "other engines accept it and ignore it, as OpenAI's API allows")
-    priority: int | None = Field(None, description="vLLM extension: lower runs first (engines "
+    priority: JsonInt | None = Field(None, description="vLLM extension: lower runs first (engines "
                                  "with a priority policy; others reject a value other than 0)")
 
-    prompt_logprobs: int | None = Field(
+    prompt_logprobs: JsonInt | None = Field(
         None, ge=0, le=20, description="vLLM extension: logprobs of the prompt tokens, with this "
         "many alternatives per position (top-level `prompt_logprobs` in the response)")
 
@@ -137,11 +181,18 @@ def normalize_prompt(value: Any) -> list[str | list[int]]:
 class CompletionRequest(_SamplingRequest):
     """POST /v1/completions."""
 
-    prompt: Any = Field(..., description="str, list of str, token ids or list of token-id lists")
-    max_tokens: int | None = Field(None, description="default 16 (OpenAI's legacy default); 0 "
-                                  "with echo scores the prompt and generates nothing")
+    prompt: Any = Field(..., description="str, list of str, token ids or list of token-id lists",
+                        **_schema(anyOf=[{"type": "string"},
+                                         {"type": "array", "items": {"type": "string"},
+                                          "minItems": 1},
+                                         _TOKEN_IDS,
+                                         {"type": "array", "items": _TOKEN_IDS, "minItems": 1}]))
+    max_tokens: JsonInt | None = Field(
+        None, description="default 16 (OpenAI's legacy default); 0 with echo scores the prompt "
+        "and generates nothing; prompt + max_tokens <= the model's context",
+        **_schema(minimum=0, maximum=sp.MAX_INT32))
     echo: bool | None = False
-    logprobs: int | None = Field(None, ge=0, le=20,
+    logprobs: JsonInt | None = Field(None, ge=0, le=20,
                                  description="number of top alternatives per token (legacy shape)")
 
     @field_validator("prompt", mode="before")
@@ -179,8 +230,9 @@ def normalize_content(value: Any) -> str:
 class ChatMessage(_Body):
     model_config = ConfigDict(extra="ignore", strict=True)  # vLLM ignores unknown message keys
 
-    role: str
-    content: Any = Field(..., description="a string or a list of text parts")
+    role: str = Field(..., **_schema(minLength=1, **{"not": {"enum": list(_NO_TOOLS)}}))
+    content: Any = Field(..., description="a string or a list of text parts", **_schema(
+        anyOf=[{"type": "string"}, {"type": "array", "items": _TEXT_PART, "minItems": 1}]))
     name: str | None = None
 
     @field_validator("role")
@@ -217,11 +269,14 @@ class ChatCompletionRequest(_SamplingRequest):
     """POST /v1/chat/completions."""
 
     messages: list[ChatMessage] = Field(..., min_length=1)
-    max_tokens: int | None = Field(None, description="deprecated alias of max_completion_tokens")
-    max_completion_tokens: int | None = Field(
-        None, description="default: the remaining context, at most 4096")
+    max_tokens: JsonInt | None = Field(None, description="deprecated alias of "
+                                       "max_completion_tokens",
+                                       **_schema(minimum=1, maximum=sp.MAX_INT32))
+    max_completion_tokens: JsonInt | None = Field(
+        None, description="default: the remaining context, at most 4096",
+        **_schema(minimum=1, maximum=sp.MAX_INT32))
     logprobs: bool | None = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_logprobs: JsonInt | None = Field(None, ge=0, le=20)
 
     @field_validator("max_completion_tokens")
     @classmethod
@@ -268,7 +323,7 @@ class DetokenizeRequest(_Body):
     """POST /detokenize."""
 
     model: str | None = None
-    tokens: list[int]
+    tokens: list[JsonInt] = Field(..., **_schema(items=_TOKEN_ID))
 
     @field_validator("model")
     @classmethod
