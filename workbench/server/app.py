@@ -37,18 +37,22 @@ import contextlib
 import time
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from workbench.metrics import render_many
-from workbench.server.errors import APIError, bad_request, install_error_handlers
 from workbench.server.drain import DrainGate
+from workbench.server.errors import APIError, bad_request, install_error_handlers
 from workbench.server.generation import ActiveGenerations
 from workbench.server.health import problems, render_server_metrics
 from workbench.server.middleware import APIKeyAuth, BodySizeLimit
 from workbench.server.openapi import install_openapi
-from workbench.server.protocol import (ChatCompletionRequest, CompletionRequest,
-                                       DetokenizeRequest, TokenizeRequest)
+from workbench.server.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+)
 from workbench.server.registry import ServedModels
 from workbench.server.request_log import RequestLog
 from workbench.server.responses import TokenText
@@ -58,14 +62,109 @@ from workbench.text_input import check_text
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+# The routes are module-level functions that reach their app through `request.app.state`
+# (served, token_text, created), never through a closure: FastAPI keeps each endpoint function in
+# process-wide caches (4096 entries), so a closure over the app would keep every stopped app, its
+# routes and its engines' tables alive (~2-3 MB per server start/stop cycle, issue 16).
+router = APIRouter()
+
+
+@router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    if getattr(request.app.state, "draining", False):
+        return JSONResponse({"status": "draining"}, status_code=503)
+    dead = problems(request.app.state.served)
+    if dead:
+        return JSONResponse({"status": "unhealthy", "engines": dead}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+@router.get("/v1/models")
+async def models(request: Request) -> dict[str, Any]:
+    state = request.app.state
+    return {"object": "list", "data": [
+        {"id": name, "object": "model", "created": state.created, "owned_by": "workbench",
+         "root": engine.model.name, "engine": getattr(engine, "engine_name", None),
+         "max_model_len": engine.max_model_len}
+        for name, engine in state.served.engines.items()]}
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    served = request.app.state.served
+    return Response(render_many(served.collectors()) + render_server_metrics(served),
+                    media_type=PROMETHEUS_CONTENT_TYPE)
+
+@router.post("/v1/completions")
+async def completions(request: Request, body: CompletionRequest) -> Response:
+    name, engine = request.app.state.served.resolve(body.model)
+    return await create_completion(request, body, name, engine,
+                                   request.app.state.token_text[id(engine)])
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
+    name, engine = request.app.state.served.resolve(body.model)
+    return await create_chat_completion(request, body, name, engine,
+                                        request.app.state.token_text[id(engine)])
+
+@router.post("/tokenize")
+async def tokenize(request: Request, body: TokenizeRequest) -> JSONResponse:
+    _, engine = request.app.state.served.resolve(body.model)
+    if engine.tokenizer is None:
+        raise bad_request("this model has no tokenizer", "model")
+    if body.messages is not None:
+        try:
+            ids, _ = engine.chat_prompt([m.as_dict() for m in body.messages],
+                                        add_generation_prompt=body.add_generation_prompt)
+        except ValueError as exc:
+            raise bad_request(str(exc), "messages") from exc
+    else:
+        try:
+            check_text("prompt", body.prompt)
+        except ValueError as exc:
+            raise bad_request(str(exc), "prompt") from exc
+        ids = engine.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+    ids = [int(i) for i in ids]
+    out: dict[str, Any] = {"tokens": ids, "count": len(ids),
+                           "max_model_len": engine.max_model_len}
+    if body.return_token_strs:
+        out["token_strs"] = engine.tokenizer.convert_ids_to_tokens(ids)
+    return JSONResponse(out)
+
+@router.post("/detokenize")
+async def detokenize(request: Request, body: DetokenizeRequest) -> JSONResponse:
+    _, engine = request.app.state.served.resolve(body.model)
+    if engine.tokenizer is None:
+        raise bad_request("this model has no tokenizer", "model")
+    vocab = engine.tokenizer.vocab_size
+    bad = [t for t in body.tokens if not 0 <= t < vocab]
+    if bad:
+        raise bad_request(f"token ids must be in [0, {vocab}), got {bad[:5]}", "tokens")
+    return JSONResponse({"prompt": engine.tokenizer.decode(body.tokens)})
+
+@router.post("/reset_prefix_cache")
+async def reset_prefix_cache(request: Request, model: str | None = None) -> JSONResponse:
+    served = request.app.state.served
+    if model is not None:
+        name, engine = served.resolve(model)
+        if not hasattr(engine, "reset_prefix_cache"):
+            raise bad_request(f"the model '{name}' has no prefix cache (its engine is "
+                              f"{getattr(engine, 'engine_name', '?')})", "model")
+        targets = {name: engine}
+    else:
+        targets = {n: e for n, e in served.engines.items() if hasattr(e, "reset_prefix_cache")}
+        if not targets:
+            raise bad_request("no served model has a prefix cache (eSurge has one)")
+    done: dict[str, int] = {}
+    for name, engine in targets.items():
+        done[name] = await asyncio.to_thread(engine.reset_prefix_cache)
+    return JSONResponse({"reset": done})
+
+
 def create_app(engines: Any, *, api_key: str | dict[str, str] | None = None,
                max_body_bytes: int = 1_000_000, stop_engines: bool | None = None,
                title: str = "workbench", request_log: collections.deque | None = None) -> FastAPI:
     """Build the FastAPI app; see the module docstring."""
     served = ServedModels(engines, stop_engines=stop_engines)
     served.warn_metric_clashes()
-    token_text = {id(e): TokenText(e.tokenizer) for e in served.distinct()}
-    created = int(time.time())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -85,94 +184,13 @@ def create_app(engines: Any, *, api_key: str | dict[str, str] | None = None,
 
     app = FastAPI(title=f"{title} OpenAI-compatible API", lifespan=lifespan)
     app.state.served = served
+    app.state.token_text = {id(e): TokenText(e.tokenizer) for e in served.distinct()}
+    app.state.created = int(time.time())
     app.state.startup_error = None
     app.state.generations = ActiveGenerations()
     install_error_handlers(app)
 
-    @app.get("/health")
-    async def health() -> JSONResponse:
-        if getattr(app.state, "draining", False):
-            return JSONResponse({"status": "draining"}, status_code=503)
-        dead = problems(served)
-        if dead:
-            return JSONResponse({"status": "unhealthy", "engines": dead}, status_code=503)
-        return JSONResponse({"status": "ok"})
-
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [
-            {"id": name, "object": "model", "created": created, "owned_by": "workbench",
-             "root": engine.model.name, "engine": getattr(engine, "engine_name", None),
-             "max_model_len": engine.max_model_len}
-            for name, engine in served.engines.items()]}
-
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(render_many(served.collectors()) + render_server_metrics(served),
-                        media_type=PROMETHEUS_CONTENT_TYPE)
-
-    @app.post("/v1/completions")
-    async def completions(request: Request, body: CompletionRequest) -> Response:
-        name, engine = served.resolve(body.model)
-        return await create_completion(request, body, name, engine, token_text[id(engine)])
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
-        name, engine = served.resolve(body.model)
-        return await create_chat_completion(request, body, name, engine, token_text[id(engine)])
-
-    @app.post("/tokenize")
-    async def tokenize(body: TokenizeRequest) -> JSONResponse:
-        _, engine = served.resolve(body.model)
-        if engine.tokenizer is None:
-            raise bad_request("this model has no tokenizer", "model")
-        if body.messages is not None:
-            try:
-                ids, _ = engine.chat_prompt([m.as_dict() for m in body.messages],
-                                            add_generation_prompt=body.add_generation_prompt)
-            except ValueError as exc:
-                raise bad_request(str(exc), "messages") from exc
-        else:
-            try:
-                check_text("prompt", body.prompt)
-            except ValueError as exc:
-                raise bad_request(str(exc), "prompt") from exc
-            ids = engine.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
-        ids = [int(i) for i in ids]
-        out: dict[str, Any] = {"tokens": ids, "count": len(ids),
-                               "max_model_len": engine.max_model_len}
-        if body.return_token_strs:
-            out["token_strs"] = engine.tokenizer.convert_ids_to_tokens(ids)
-        return JSONResponse(out)
-
-    @app.post("/detokenize")
-    async def detokenize(body: DetokenizeRequest) -> JSONResponse:
-        _, engine = served.resolve(body.model)
-        if engine.tokenizer is None:
-            raise bad_request("this model has no tokenizer", "model")
-        vocab = engine.tokenizer.vocab_size
-        bad = [t for t in body.tokens if not 0 <= t < vocab]
-        if bad:
-            raise bad_request(f"token ids must be in [0, {vocab}), got {bad[:5]}", "tokens")
-        return JSONResponse({"prompt": engine.tokenizer.decode(body.tokens)})
-
-    @app.post("/reset_prefix_cache")
-    async def reset_prefix_cache(model: str | None = None) -> JSONResponse:
-        if model is not None:
-            name, engine = served.resolve(model)
-            if not hasattr(engine, "reset_prefix_cache"):
-                raise bad_request(f"the model '{name}' has no prefix cache (its engine is "
-                                  f"{getattr(engine, 'engine_name', '?')})", "model")
-            targets = {name: engine}
-        else:
-            targets = {n: e for n, e in served.engines.items() if hasattr(e, "reset_prefix_cache")}
-            if not targets:
-                raise bad_request("no served model has a prefix cache (eSurge has one)")
-        done: dict[str, int] = {}
-        for name, engine in targets.items():
-            done[name] = await asyncio.to_thread(engine.reset_prefix_cache)
-        return JSONResponse({"reset": done})
-
+    app.include_router(router)
     install_openapi(app, api_key=api_key is not None)  # the codes it really answers
     app.add_middleware(DrainGate)  # 503s while shutting down (drain.py)
     app.add_middleware(BodySizeLimit, max_body_bytes=max_body_bytes)
