@@ -59,13 +59,16 @@ def child(engine_name: str, cycles: int) -> dict:
           if line.startswith("workbench:kv_cache_reserved_bytes{")]
     handle.stop()
     after = []
-    for _ in range(cycles):  # server start/stop cycles on the same engine
-        h = serve({"m": engine})
-        httpx.post(f"{h.url}/v1/completions", json={**body, "stream": False, "max_tokens": 2},
-                   timeout=600)
-        h.stop()
-        gc.collect()
-        after.append(rss_bytes())
+    # one client for every cycle: httpx.post() builds a Client (and an SSL context from certifi's
+    # bundle) per call, memory of the measuring side that would read as the server's growth
+    with httpx.Client(timeout=600) as client:
+        for _ in range(cycles):  # server start/stop cycles on the same engine
+            h = serve({"m": engine})
+            client.post(f"{h.url}/v1/completions",
+                        json={**body, "stream": False, "max_tokens": 2})
+            h.stop()
+            gc.collect()
+            after.append(rss_bytes())
     engine.close()
     growth = [(b - a) / MB for a, b in itertools.pairwise(after[1:])]
     return {"engine": engine_name, "ok": codes.count(200), "loaded_mb": loaded / MB,

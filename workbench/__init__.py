@@ -18,7 +18,11 @@ from __future__ import annotations
 
 import importlib
 
+from workbench.heap import limit_malloc_arenas
+
 __version__ = "0.1.0"
+
+limit_malloc_arenas()  # before JAX starts its threads (see workbench/heap.py)
 
 _EXPORTS = {
     "load_model": "workbench.loading.loader",

@@ -13,13 +13,15 @@ Contract:
   proxied URL from `google.colab.kernel.proxyPort`, else `.url`), `.running`, `.app`,
   `.stop(timeout=10, drain=None)` (with `drain` seconds: stop accepting, new requests get 503,
   and let the requests in flight finish for up to `drain` seconds; then end what is left, shut
-  down, join; idempotent), and use as a context manager.
+  down, join; idempotent), and use as a context manager. `stop()` ends by returning the C
+  heap's free pages to the OS (`release_free_heap`), so start/stop cycles do not grow RSS.
   After `stop()` the thread is gone and the port can be bound again.
 - uvicorn's logging config is not applied (`log_config=None`), so a notebook's logging setup stays.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import sys
@@ -30,6 +32,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from workbench.heap import release_free_heap
 from workbench.server.app import create_app, end_generations
 from workbench.server.drain import num_in_flight, start_draining, wait_drained
 
@@ -120,6 +123,8 @@ class ServerHandle:
         if self._thread.is_alive():
             logger.warning("server thread on port %d did not stop within %.1f s",
                            self.port, timeout + 5.0)
+        gc.collect()  # the stopped app's cycles, so that their memory is free to give back
+        release_free_heap()
         return drained
 
     def __enter__(self) -> ServerHandle:
