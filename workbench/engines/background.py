@@ -9,6 +9,7 @@ bad request fails before anything is queued; `_check_request(req)` adds an engin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any, AsyncIterator, Callable, Iterator
 
 from workbench.engines.base import Engine
@@ -144,15 +145,9 @@ class BackgroundEngine(Engine):
                       ) -> AsyncIterator[RequestOutput]:
         s = self.submit(prompt, sampling_params, request_id=request_id, priority=priority,
                         prompt_text=prompt_text, tenant=tenant, loop=asyncio.get_running_loop())
-        try:
-            while True:
-                out = await s.aget()
+        async with contextlib.aclosing(s.aoutputs(lambda: self.abort(s.request_id))) as outs:
+            async for out in outs:
                 yield out
-                if out.finished:
-                    return
-        finally:
-            if not s.closed:  # the consumer went away (e.g. a client disconnect)
-                self.abort(s.request_id)
 
     async def agenerate(self, prompts, sampling_params=None) -> list[RequestOutput]:
         self._check_open()

@@ -2,13 +2,17 @@
 
 The driver calls `put` (never blocks, never calls consumer code); a sync consumer iterates, an async
 consumer's event loop is woken with `call_soon_threadsafe`. The last item is a finished
-`RequestOutput` or an exception to raise in the consumer.
+`RequestOutput` or an exception to raise in the consumer. `aoutputs(on_abandon)` is the async
+consumer's loop, shared by every engine's `astream`: close it (e.g. with `contextlib.aclosing`)
+and, if the request had not finished, `on_abandon()` runs at once (the engine aborts it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import queue
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from workbench.engines.types import RequestOutput
 
@@ -46,3 +50,15 @@ class OutputStream:
         if isinstance(item, BaseException):
             raise item
         return item
+
+    async def aoutputs(self, on_abandon: Callable[[], Any]) -> AsyncIterator[RequestOutput]:
+        """Each output up to the finished one; `on_abandon()` when the consumer stops first."""
+        try:
+            while True:
+                out = await self.aget()
+                yield out
+                if out.finished:
+                    return
+        finally:
+            if not self.closed:  # the consumer went away (e.g. a client disconnect)
+                on_abandon()

@@ -24,6 +24,7 @@ request ends with finish_reason "error": `generate` returns it so, `stream` rais
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -176,15 +177,9 @@ class vInference(Engine):  # noqa: N801 - the engine's name
         except EngineOverloadedError:
             self.collector.on_rejected()
             raise
-        try:
-            while True:
-                out = await s.aget()
+        async with contextlib.aclosing(s.aoutputs(lambda: self.abort(req.request_id))) as outs:
+            async for out in outs:
                 yield out
-                if out.finished:
-                    return
-        finally:
-            if not s.closed:  # the consumer went away (e.g. a client disconnect)
-                self.abort(req.request_id)
 
     @property
     def running(self) -> bool:
