@@ -20,10 +20,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
+import os
 import sys
 import threading
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import common as C
 
 MB = 1 << 20
 PROMPTS = [f"Question {i}: name one thing about the number {i}." for i in range(24)]
@@ -134,18 +138,9 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args)))
         return
-    rows = []
-    for name in args.engines.split(","):
-        cmd = [sys.executable, __file__, "--child", name] + [
-            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-            if k not in ("child", "engines")]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        lines = [x for x in out.stdout.splitlines() if x.startswith("{")]
-        if not lines:
-            print(out.stderr[-3000:], file=sys.stderr)
-            continue
-        rows.append(json.loads(lines[-1]))
-        print(json.dumps(rows[-1]), flush=True)
+    rows = C.run_per_engine(__file__, args.engines.split(","), [
+        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+        if k not in ("child", "engines")])
     print("\n| engine | good ok | bad as expected | span s | TTFT p50 s | TTFT p99 s | RSS before"
           " / peak / after MB | KV reserved MB |\n|---|---|---|---|---|---|---|---|")
     for r in rows:

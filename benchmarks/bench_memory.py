@@ -13,10 +13,14 @@ import concurrent.futures as cf
 import gc
 import itertools
 import json
-import subprocess
+import os
 import sys
 import threading
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import common as C
 
 MB = 1 << 20
 
@@ -87,16 +91,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args.cycles)))
         return
-    rows = []
-    for name in args.engines.split(","):
-        out = subprocess.run([sys.executable, __file__, "--child", name, "--cycles",
-                              str(args.cycles)], capture_output=True, text=True, check=False)
-        lines = [x for x in out.stdout.splitlines() if x.startswith("{")]
-        if not lines:
-            print(out.stderr[-3000:], file=sys.stderr)
-            continue
-        rows.append(json.loads(lines[-1]))
-        print(json.dumps(rows[-1]), flush=True)
+    rows = C.run_per_engine(__file__, args.engines.split(","), ["--cycles", str(args.cycles)])
     print("\n| engine | loaded MB | idle MB | serving peak MB | process peak MB | KV reserved MB |"
           " growth/cycle MB |\n|---|---|---|---|---|---|---|")
     for r in rows:

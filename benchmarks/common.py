@@ -35,6 +35,26 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # ---------------------------------------------------------------------------------------------
 
 
+def run_per_engine(script: str, engines: Sequence[str], args: Sequence[str]) -> list[dict]:
+    """Run `script --child ENGINE *args` in a fresh process per engine (memory figures need a
+    process of their own); each child prints one JSON line last. Returns the rows that came
+    back, printing each as it comes and a failed child's stderr."""
+    import json
+    import subprocess
+
+    rows = []
+    for name in engines:
+        out = subprocess.run([sys.executable, script, "--child", name, *args],
+                             capture_output=True, text=True, check=False)
+        lines = [x for x in out.stdout.splitlines() if x.startswith("{")]
+        if not lines:
+            print(out.stderr[-3000:], file=sys.stderr)
+            continue
+        rows.append(json.loads(lines[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def percentile(values: Iterable[float], q: float) -> float:
     """q-th percentile (0..100) with linear interpolation; nan for no values."""
     vals = list(values)
