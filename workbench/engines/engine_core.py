@@ -233,6 +233,10 @@ class EngineCore:
         self._inflight = None
         self._blocked = 0.0
         reason = f"a device step failed: {type(exc).__name__}: {exc}"
+        dead = self._consecutive_faults >= MAX_CONSECUTIVE_FAULTS
+        if dead:  # before any request hears of it: a client that asks /health next sees it
+            self.failure = (f"{self._consecutive_faults} driver iterations in a row failed; "
+                            f"the last: {type(exc).__name__}: {exc}")
         with self.lock:
             self._drain_inbox()  # so that every live request is in the scheduler or failed
             waiting = []
@@ -241,6 +245,8 @@ class EngineCore:
                     self._fail(req, reason)
                 else:
                     waiting.append(req)
+            if dead:
+                raise EngineDeadError(self.failure) from exc
             try:
                 self.runner.free()
                 self.runner.allocate()
@@ -251,10 +257,6 @@ class EngineCore:
                 raise EngineDeadError(self.failure) from e
             for req in waiting:
                 self.scheduler.add(req)
-        if self._consecutive_faults >= MAX_CONSECUTIVE_FAULTS:
-            self.failure = (f"{self._consecutive_faults} driver iterations in a row failed; "
-                            f"the last: {type(exc).__name__}: {exc}")
-            raise EngineDeadError(self.failure) from exc
 
     def _update(self, inflight: tuple[Any, Any]) -> None:
         """Hand the sampled tokens of dispatched work to their requests; stream and finish."""
