@@ -253,10 +253,10 @@ def sample(
             t.seed, output_pos.astype(jnp.uint32)
         )  # [B] keys
         drawn = _draw(keys, filtered)  # [B]
-        # a row whose distribution overflowed (inf - inf = NaN: a temperature or penalty at the
-        # edge of float32) has nothing to draw from: it takes its argmax instead
-        drawable = ~jnp.isnan(jnp.max(filtered, axis=-1)) & ~jnp.isnan(
-            jnp.max(filtered - jnp.max(filtered, axis=-1, keepdims=True), axis=-1))
+        # a row whose distribution overflowed (a NaN, an inf, or nothing left: a temperature or
+        # penalty at the edge of float32) has nothing to draw from: it takes its argmax instead.
+        # max propagates NaN, so a finite max means every entry is finite or -inf.
+        drawable = jnp.isfinite(jnp.max(filtered, axis=-1))  # [B]
         return jnp.where(greedy | ~drawable, greedy_tokens, drawn)
 
     tokens = jax.lax.cond(jnp.all(greedy), lambda x: greedy_tokens, sampled, x)  # [B]
