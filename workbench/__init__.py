@@ -19,10 +19,12 @@ from __future__ import annotations
 import importlib
 
 from workbench.heap import limit_malloc_arenas
+from workbench.xla_flags import apply_xla_flags
 
 __version__ = "0.1.0"
 
 limit_malloc_arenas()  # before JAX starts its threads (see workbench/heap.py)
+apply_xla_flags()  # before JAX starts a backend (see workbench/xla_flags.py)
 
 _EXPORTS = {
     "load_model": "workbench.loading.loader",

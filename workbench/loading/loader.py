@@ -27,7 +27,13 @@ from workbench.loading.sources import ModelSourceError, resolve_source
 from workbench.models.config import ModelConfig, resolve_dtype
 from workbench.models.kv_cache import ContiguousKVCache
 from workbench.models.paged_kv_cache import PagedKVCache
-from workbench.models.registry import abstract_model, build_model, get_model_class
+from workbench.models.registry import (
+    abstract_model,
+    build_model,
+    get_model_class,
+    resolve_layer_loop,
+)
+from workbench.models.layer_loop import is_stacked
 from workbench.models.weights import hf_tensor_names, to_param
 from workbench.tokenizer import Tokenizer, load_tokenizer
 
@@ -51,6 +57,7 @@ class LoadedModel:
     mesh: Mesh | None = None
     load_seconds: float = 0.0
     attention_backend: str = "xla"
+    layer_loop: str = "scan"  # how the layers are stored and looped over (models/layer_loop.py)
     checkpoint_bytes_read: int = 0  # by this process (a multi-host mesh: only its shards)
 
     @property
@@ -165,6 +172,7 @@ def load_model(
     dtype: Any = None,
     mesh: Mesh | dict | int | None = None,
     attention_backend: str = "xla",
+    layer_loop: str | None = None,
     progress: bool = True,
 ) -> LoadedModel:
     """Load a causal LM for inference.
@@ -174,6 +182,7 @@ def load_model(
     dtype: "float32" | "bfloat16" | "float16" (params and compute); default float32 on CPU,
         bfloat16 on GPU/TPU.
     mesh: a `jax.sharding.Mesh` with axes ("dp", "tp"), a dict of axis sizes, or an int (tp).
+    layer_loop: "scan" | "unrolled" (see `models/layer_loop.py`); default per backend and depth.
     """
     from workbench.models.attention import get_attention
 
@@ -187,18 +196,20 @@ def load_model(
     if extra_eos:
         cfg = dataclasses.replace(cfg, eos_token_ids=cfg.eos_token_ids + extra_eos)
     get_model_class(cfg.architecture)
+    layer_loop = resolve_layer_loop(cfg, layer_loop)
     mesh = shd.make_mesh(mesh)
-    graphdef, state, read_bytes = _load_params(directory, cfg, dt, mesh, progress)
+    graphdef, state, read_bytes = _load_params(directory, cfg, dt, mesh, progress, layer_loop)
     tokenizer = load_tokenizer(directory)
     return LoadedModel(
         graphdef=graphdef, state=state, config=cfg, hf_config=hf_config, tokenizer=tokenizer,
         name=name, path=directory, dtype=dt, mesh=mesh, load_seconds=time.perf_counter() - t0,
-        attention_backend=attention_backend, checkpoint_bytes_read=read_bytes,
+        attention_backend=attention_backend, layer_loop=layer_loop,
+        checkpoint_bytes_read=read_bytes,
     )
 
 
-def _load_params(directory, cfg: ModelConfig, dtype, mesh, progress):
-    graphdef, abstract = nnx.split(abstract_model(cfg, dtype=dtype))
+def _load_params(directory, cfg: ModelConfig, dtype, mesh, progress, layer_loop):
+    graphdef, abstract = nnx.split(abstract_model(cfg, dtype=dtype, layer_loop=layer_loop))
     flat = nnx.to_flat_state(abstract)
     tp = mesh.shape["tp"] if mesh is not None else 1
     values = []
@@ -225,8 +236,8 @@ def _load_params(directory, cfg: ModelConfig, dtype, mesh, progress):
                 arr = jnp.asarray(concrete)
             values.append((path, arr))
         read_bytes = ckpt.bytes_read
-    state = nnx.from_flat_state(
-        [(p, var.copy(arr)) for (p, arr), (_, var) in zip(values, flat)]
+    state = nnx.from_flat_state(  # the original paths: an unrolled layer's index is an int
+        [(p, var.copy(arr)) for (_, arr), (p, var) in zip(values, flat)]
     )
     return graphdef, state, read_bytes
 
@@ -247,7 +258,7 @@ def _checked_names(ckpt: SafetensorsCheckpoint, path, var, cfg: ModelConfig) -> 
             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
         )
     expected = tuple(var.get_value().shape)
-    per_tensor = expected[1:] if path[0] == "layers" else expected
+    per_tensor = expected[1:] if is_stacked(path) else expected
     if path[-1] == "kernel":
         per_tensor = per_tensor[::-1]  # checkpoints store linear weights as [out, in]
     for n in names:
@@ -272,7 +283,7 @@ def _read_param_shards(ckpt: SafetensorsCheckpoint, path, var, cfg: ModelConfig,
         if key not in ranges:
             rest = tuple(index) + (slice(None),) * (len(shape) - len(index))
             layers = names
-            if path[0] == "layers":  # stacked per-layer tensors: [L] leads
+            if is_stacked(path):  # stacked per-layer tensors: [L] leads
                 layers, rest = names[rest[0]], rest[1:]
             hf_index = rest[::-1] if path[-1] == "kernel" else rest  # stored as [out, in]
             ranges[key] = to_param(path, [ckpt.get_slice(n, hf_index) for n in layers]
@@ -291,7 +302,7 @@ def _read_param(ckpt: SafetensorsCheckpoint, path, var, cfg: ModelConfig, dtype)
             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
         )
     expected = tuple(var.get_value().shape)
-    per_tensor = expected[1:] if path[0] == "layers" else expected
+    per_tensor = expected[1:] if is_stacked(path) else expected
     if path[-1] == "kernel":
         per_tensor = per_tensor[::-1]  # checkpoints store linear weights as [out, in]
     tensors = []
@@ -308,8 +319,10 @@ def _read_param(ckpt: SafetensorsCheckpoint, path, var, cfg: ModelConfig, dtype)
 
 
 def random_model(cfg: ModelConfig, *, dtype=jnp.float32, seed: int = 0, tokenizer=None,
-                 name: str = "random") -> LoadedModel:
-    """A `LoadedModel` with random weights from a config (tests, benchmarks)."""
-    graphdef, state = nnx.split(build_model(cfg, dtype=dtype, seed=seed))
+                 name: str = "random", layer_loop: str | None = None) -> LoadedModel:
+    """A `LoadedModel` with random weights from a config (tests, benchmarks); the same weights
+    for a seed under either layer loop."""
+    layer_loop = resolve_layer_loop(cfg, layer_loop)
+    graphdef, state = nnx.split(build_model(cfg, dtype=dtype, seed=seed, layer_loop=layer_loop))
     return LoadedModel(graphdef=graphdef, state=state, config=cfg, hf_config={}, tokenizer=tokenizer,
-                       name=name, path="", dtype=jnp.dtype(dtype))
+                       name=name, path="", dtype=jnp.dtype(dtype), layer_loop=layer_loop)

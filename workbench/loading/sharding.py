@@ -21,6 +21,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from workbench.models.config import ModelConfig
+from workbench.models.layer_loop import is_stacked
 
 PARTITION_RULES: list[tuple[str, tuple, str]] = [
     # (path regex, spec for the unstacked param, group that must divide by tp)
@@ -62,7 +63,7 @@ def _group_divides(cfg: ModelConfig, tp: int) -> dict[str, bool]:
 def param_spec(path: tuple[str, ...], ndim: int, cfg: ModelConfig, tp: int) -> P:
     """PartitionSpec for the parameter at `path` with `ndim` dimensions."""
     name = "/".join(str(p) for p in path)
-    stacked = path[0] == "layers"
+    stacked = is_stacked(path)
     ok = _group_divides(cfg, tp)
     for pattern, spec, group in PARTITION_RULES:
         if re.search(pattern, name):

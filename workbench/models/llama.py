@@ -4,8 +4,9 @@ One module covers the family; the differences are config flags: `attention_bias`
 `qk_norm` (Qwen3), `sliding_window` (Mistral), `tie_word_embeddings`, rope scaling (Llama 3.x).
 Module and parameter names follow transformers, so checkpoint names map 1:1 (see `weights.py`).
 
-Layers are stacked: every per-layer parameter has a leading `[L]` axis and the forward pass runs the
-layer body under `lax.scan`, so compile time does not grow with depth.
+Layers are stored and looped over one of two ways (`layer_loop.py`): "scan" (stacked parameters with
+a leading `[L]` axis, the layer body under `lax.scan`: compile time does not grow with depth) or
+"unrolled" (one array per layer, a Python loop: no per-step copies of the weights).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from flax import nnx
 from workbench.models.attention import attend
 from workbench.models.config import ModelConfig
 from workbench.models.kv_cache import KVCache, fresh_key_positions
+from workbench.models.layer_loop import check_layer_loop, default_layer_loop
 from workbench.models.rope import apply_rope, inv_frequencies, rope_cos_sin
 
 
@@ -102,19 +104,25 @@ class DecoderLayer(nnx.Module):
 class CausalLM(nnx.Module):
     """Decoder-only LM. `__call__` returns hidden states; `logits` applies the LM head."""
 
-    def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs,
+                 layer_loop: str | None = None):
         self.config = cfg
         self.dtype = dtype
+        self.layer_loop = check_layer_loop(layer_loop or default_layer_loop(cfg.num_hidden_layers))
         self.embed_tokens = nnx.Embed(
             cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=dtype, rngs=rngs
         )
 
-        @nnx.split_rngs(splits=cfg.num_hidden_layers)
-        @nnx.vmap(in_axes=(0,), out_axes=0)
-        def make_layers(rngs):
-            return DecoderLayer(cfg, dtype=dtype, rngs=rngs)
+        if self.layer_loop == "unrolled":  # one module (own arrays) per layer
+            self.layers = nnx.List([DecoderLayer(cfg, dtype=dtype, rngs=rngs)
+                                    for _ in range(cfg.num_hidden_layers)])
+        else:
+            @nnx.split_rngs(splits=cfg.num_hidden_layers)
+            @nnx.vmap(in_axes=(0,), out_axes=0)
+            def make_layers(rngs):
+                return DecoderLayer(cfg, dtype=dtype, rngs=rngs)
 
-        self.layers = make_layers(rngs)  # every parameter has a leading [L] axis
+            self.layers = make_layers(rngs)  # every parameter has a leading [L] axis
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=dtype)
         if not cfg.tie_word_embeddings:
             self.lm_head = _linear(cfg.hidden_size, cfg.vocab_size, False, dtype, rngs)
@@ -132,18 +140,25 @@ class CausalLM(nnx.Module):
         """Hidden states `[B, T, D]` after the final norm, and the updated cache."""
         x = self.embed_tokens(input_ids)  # [B, T, D]
         cos, sin = rope_cos_sin(positions, self.inv_freq[...], self.dtype)
-        layer_def, layer_state = nnx.split(self.layers)
         if cache is not None and attend_cache:
             cache = cache.plan(positions)  # ragged reads: which cached blocks each row sees
+        kw = dict(attend_cache=attend_cache, backend=backend)
+        if self.layer_loop == "unrolled":
+            kvs = []
+            for i, layer in enumerate(self.layers):
+                x, kv = layer(x, positions, cos, sin, cache, i, **kw)
+                kvs.append(kv)
+            ks, vs = jnp.stack([k for k, _ in kvs]), jnp.stack([v for _, v in kvs])
+        else:
+            layer_def, layer_state = nnx.split(self.layers)
 
-        def body(x, xs):
-            state, layer = xs
-            return nnx.merge(layer_def, state)(
-                x, positions, cos, sin, cache, layer, attend_cache=attend_cache, backend=backend
-            )
+            def body(x, xs):
+                state, layer = xs
+                return nnx.merge(layer_def, state)(x, positions, cos, sin, cache, layer, **kw)
 
-        L = self.config.num_hidden_layers
-        x, (ks, vs) = jax.lax.scan(body, x, (layer_state, jnp.arange(L)))  # ks: [L, B, T, Hkv, D]
+            L = self.config.num_hidden_layers
+            x, (ks, vs) = jax.lax.scan(body, x, (layer_state, jnp.arange(L)))
+        # ks, vs: [L, B, T, Hkv, D], written to the cache once for all layers
         if cache is not None:
             cache = cache.write(ks, vs, positions)
         return self.norm(x), cache

@@ -7,9 +7,11 @@ from typing import Callable
 from flax import nnx
 
 from workbench.models.config import ModelConfig
+from workbench.models.layer_loop import check_layer_loop, default_layer_loop, unstack_layers
 from workbench.models.llama import CausalLM
 
-# architecture name -> constructor(cfg, *, dtype, rngs) -> nnx.Module with the CausalLM interface
+# architecture name -> constructor(cfg, *, dtype, rngs, layer_loop) -> nnx.Module with the
+# CausalLM interface
 MODEL_REGISTRY: dict[str, Callable[..., nnx.Module]] = {
     "LlamaForCausalLM": CausalLM,
     "MistralForCausalLM": CausalLM,
@@ -32,12 +34,24 @@ def get_model_class(architecture: str) -> Callable[..., nnx.Module]:
         ) from None
 
 
-def build_model(cfg: ModelConfig, *, dtype, seed: int = 0) -> nnx.Module:
-    """A model with random weights (for tests and benchmarks)."""
-    return get_model_class(cfg.architecture)(cfg, dtype=dtype, rngs=nnx.Rngs(seed))
+def resolve_layer_loop(cfg: ModelConfig, layer_loop: str | None) -> str:
+    return check_layer_loop(layer_loop or default_layer_loop(cfg.num_hidden_layers))
 
 
-def abstract_model(cfg: ModelConfig, *, dtype) -> nnx.Module:
+def build_model(cfg: ModelConfig, *, dtype, seed: int = 0, layer_loop: str | None = None
+                ) -> nnx.Module:
+    """A model with random weights (for tests and benchmarks): the same weights for a seed under
+    either layer loop (drawn stacked, then split per layer for "unrolled")."""
+    cls = get_model_class(cfg.architecture)
+    model = cls(cfg, dtype=dtype, rngs=nnx.Rngs(seed), layer_loop="scan")
+    if resolve_layer_loop(cfg, layer_loop) == "scan":
+        return model
+    graphdef, _ = nnx.split(abstract_model(cfg, dtype=dtype, layer_loop="unrolled"))
+    return nnx.merge(graphdef, unstack_layers(nnx.split(model)[1]))
+
+
+def abstract_model(cfg: ModelConfig, *, dtype, layer_loop: str | None = None) -> nnx.Module:
     """The model's structure with shapes only (no memory), to be filled from a checkpoint."""
     cls = get_model_class(cfg.architecture)
-    return nnx.eval_shape(lambda: cls(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
+    loop = resolve_layer_loop(cfg, layer_loop)
+    return nnx.eval_shape(lambda: cls(cfg, dtype=dtype, rngs=nnx.Rngs(0), layer_loop=loop))
