@@ -4,8 +4,10 @@ Default workload (the embedded SmolLM2-135M-Instruct, float32, CPU): batch sizes
 varied chat prompts trimmed/padded to exactly 40 tokens, 128 new tokens each, greedy, ignore_eos.
 Per batch size and engine: output tokens/s (median of `--runs` runs after a warm-up; the warm-up's
 extra time is reported as compile seconds), the ratio against transformers, and the share of a
-"weights-only floor" (a jitted function that streams every weight matrix once per token: the
-memory-bandwidth bound of a decode step). Engines run round-robin inside each round, so load from
+"weights-only floor" (a jitted function that streams every weight matrix once per token, one array
+per layer so nothing is copied: the memory-bandwidth bound of a decode step, with its GB/s), and
+beside it the "scan floor" (the same matmuls over stacked weights under `lax.scan`, as the scan
+layer loop runs them: the gap is what slicing the weights out of the stack costs). Engines run round-robin inside each round, so load from
 other processes hits every engine alike. Then, in a fresh subprocess: seconds from start to the
 first token of `load_model("embedded")` + `vInference` (the converted-model cache is warm).
 
@@ -32,7 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common as C  # noqa: E402
 
-ALL_ENGINES = ("vinference", "vsurge", "vsurge32", "transformers", "floor")
+ALL_ENGINES = ("vinference", "vsurge", "vsurge32", "transformers", "transformers-compiled",
+               "floor")
 DEFAULT_ENGINES = ("vinference", "vsurge", "transformers", "floor")
 
 
@@ -126,6 +129,7 @@ def main(argv=None):
     C.log(f"model loaded in {lm.load_seconds:.1f}s: {lm.num_params / 1e6:.1f}M params, "
           f"{C.weights_bytes(lm) / 1e6:.0f} MB of weights")
     P, N, maxB = args.prompt_len, args.max_tokens, max(args.batch_sizes)
+    wbytes = C.weights_bytes(lm)
     if lm.tokenizer is not None:
         prompts = C.chat_prompts(lm.tokenizer, maxB, P)
         pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
@@ -143,13 +147,19 @@ def main(argv=None):
         t0 = time.perf_counter()
         hf = C.load_hf_model(lm, dtype, tdev, args.threads)
         C.log(f"transformers model loaded in {time.perf_counter() - t0:.1f}s on {tdev}")
+    hfc = None  # transformers with a static cache and torch.compile (the accelerator peer)
+    if tdev is not None and "transformers-compiled" in args.engines:
+        import torch
+
+        hfc = C.load_hf_model(lm, dtype, tdev, args.threads)
+        hfc.forward = torch.compile(hfc.forward, mode="reduce-overhead", fullgraph=True)
     vs32 = None
     if "vsurge32" in args.engines and any(b < 32 for b in args.batch_sizes):
         vs32 = vSurge(lm, max_concurrent_decodes=max(32, maxB), max_model_len=model_len).start()
 
     results = []  # dicts: engine, batch, tok_s, compile_s, times
     outputs = {}  # (engine, B) -> list of token-id lists
-    floors = {}
+    floors, scan_floors = {}, {}  # per-layer arrays (the floor) / the scan's stacked ones
     breakdown = {}
     for B in args.batch_sizes:
         batch = prompts[:B]
@@ -162,10 +172,13 @@ def main(argv=None):
             runners["vsurge"] = lambda b=batch, e=vs: e.generate(b, sp)
         if vs32 is not None and B < vs32.max_concurrent_decodes:
             runners["vsurge32"] = lambda b=batch: vs32.generate(b, sp)
-        if hf is not None:
+        if hf is not None and "transformers" in args.engines:
             runners["transformers"] = lambda b=batch: C.hf_generate(hf, b, N, pad_id)
+        if hfc is not None:
+            runners["transformers-compiled"] = lambda b=batch: C.hf_generate(
+                hfc, b, N, pad_id, static_cache=True)
 
-        warm = {}
+        warm, programs = {}, {}
         for name, fn in runners.items():
             C.log(f"B={B}: warm-up {name}")
             if name == "transformers":  # eager: nothing to compile; a short warm-up
@@ -173,7 +186,9 @@ def main(argv=None):
             else:
                 with C.CompileProbe() as probe:
                     warm[name], _ = C.timed(fn)
-                C.log(f"  {warm[name]:.1f}s, of which XLA backend compile {probe.seconds:.1f}s")
+                programs[name] = probe.count
+                C.log(f"  {warm[name]:.1f}s, of which XLA backend compile {probe.seconds:.1f}s "
+                      f"({probe.count} programs)")
         times = {name: [] for name in runners}
         for r in range(args.runs):
             for name, fn in runners.items():  # round-robin: load changes hit all engines
@@ -185,7 +200,7 @@ def main(argv=None):
                 C.log(f"B={B} run {r + 1}/{args.runs} {name}: {dt:.2f}s = {B * N / dt:.1f} tok/s")
                 if r == 0:
                     outputs[(name, B)] = (
-                        [o.tolist() for o in out] if name == "transformers"
+                        [o.tolist() for o in out] if name.startswith("transformers")
                         else [o.outputs[0].token_ids for o in out])
         for name in runners:
             med = C.median(times[name])
@@ -194,14 +209,19 @@ def main(argv=None):
                 C.log(f"  warning: {name} produced {n_tok} tokens, expected {B * N}")
             compile_s = None if name == "transformers" else max(0.0, warm[name] - med)
             results.append(dict(engine=name, batch=B, tok_s=B * N / med, compile_s=compile_s,
-                                times=times[name], warmup_s=warm[name]))
+                                times=times[name], warmup_s=warm[name],
+                                programs=programs.get(name)))
         if vs is not None:
             vs.close()
         if "floor" in args.engines:
             steps = min(N, 32)
             floors[B], m = C.measure_floor(lm, B, steps, args.runs)
-            C.log(f"B={B}: weights-only floor {floors[B]:.1f} tok/s "
-                  f"({m.median_s / steps * 1e3:.1f} ms per step)")
+            scan_floors[B], ms = C.measure_floor(lm, B, steps, args.runs, layer_loop="scan")
+            for label, tps, mm in (("weights-only floor", floors[B], m),
+                                   ("scan floor", scan_floors[B], ms)):
+                step_s = mm.median_s / steps
+                C.log(f"B={B}: {label} {tps:.1f} tok/s ({step_s * 1e3:.1f} ms per step, "
+                      f"{wbytes / step_s / 1e9:.1f} GB/s of weights)")
         if not args.no_breakdown:
             breakdown[B] = C.step_breakdown(lm, B, P, model_len, runs=args.runs + 2)
             bd = breakdown[B]
@@ -226,7 +246,12 @@ def main(argv=None):
                 " ".join(f"{B * N / t:.1f}" for t in r["times"]),
             ])
         if B in floors:
-            rows.append(["weights-only floor", B, floors[B], "-", "100%", "-", ""])
+            gbs = wbytes * floors[B] / B / 1e9  # weights streamed once per step
+            rows.append(["weights-only floor", B, floors[B], "-", "100%", "-",
+                         f"{gbs:.1f} GB/s"])
+            rows.append(["scan floor", B, scan_floors[B], "-",
+                         f"{100 * scan_floors[B] / floors[B]:.0f}%", "-",
+                         f"{wbytes * scan_floors[B] / B / 1e9:.1f} GB/s"])
     C.print_table(["engine", "batch", "tok/s", "vs transformers", "% of floor", "compile s",
                    "tok/s per run"], rows,
                   title=f"generate: {P}-token prompts, {N} new tokens, greedy, ignore_eos "
@@ -276,7 +301,8 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(environment=C.environment(), args=vars(args), results=results,
-                           floors=floors, cold=cold,
+                           floors=floors, scan_floors=scan_floors, weights_bytes=wbytes,
+                           cold=cold,
                            breakdown={B: vars(b) for B, b in breakdown.items()}), f, indent=1)
 
 

@@ -332,10 +332,11 @@ def make_timestamp_streamer():
 
 
 def hf_generate(model, prompts: list[list[int]], max_new_tokens: int, pad_id: int,
-                streamer=None) -> np.ndarray:
+                streamer=None, static_cache: bool = False) -> np.ndarray:
     """Greedy static-batch `generate` of left-padded token-id prompts; exactly `max_new_tokens`
     tokens per row (min_new_tokens = max_new_tokens, the `ignore_eos` equivalent). Returns the
-    generated ids `[B, max_new_tokens]`."""
+    generated ids `[B, max_new_tokens]`. `static_cache`: transformers' static KV cache (what a
+    `torch.compile`d forward needs to avoid recompiling every step)."""
     import torch
 
     T = max(len(p) for p in prompts)
@@ -350,6 +351,7 @@ def hf_generate(model, prompts: list[list[int]], max_new_tokens: int, pad_id: in
             input_ids=ids.to(dev), attention_mask=mask.to(dev), do_sample=False,
             max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, pad_token_id=pad_id,
             streamer=streamer, temperature=None, top_p=None, top_k=None,
+            **({"cache_implementation": "static"} if static_cache else {}),
         )
     if dev.type == "cuda":
         torch.cuda.synchronize()
@@ -429,15 +431,20 @@ def random_token_prompts(n: int, length: int, vocab_size: int, seed: int = 0) ->
 # ---------------------------------------------------------------------------------------------
 
 
-def weights_floor_fn(lm, steps: int):
+def weights_floor_fn(lm, steps: int, layer_loop: str = "unrolled"):
     """A jitted function that, for each of `steps` tokens, streams every weight matrix of `lm` once:
     one matmul per matrix against a `[B, in]` activation, chained through the layers (q, k, v, o,
-    gate, up, down per layer under `lax.scan`, then the LM head), with no attention, norms or
-    sampling. Its tokens/s is the memory-bandwidth bound a decode step cannot beat; an engine's
-    share of it says how much time goes elsewhere (attention over the KV cache, sampling,
-    dispatch, host work).
+    gate, up, down per layer, then the LM head), with no attention, norms or sampling. Its
+    tokens/s is the memory-bandwidth bound a decode step cannot beat; an engine's share of it says
+    how much time goes elsewhere (attention over the KV cache, sampling, dispatch, host work).
 
-    Returns `run(params, x0) -> [B]` where `params` is from `floor_params(lm)` and `x0` is `[B, D]`.
+    `layer_loop="unrolled"` (the floor): one array per layer, a Python loop, each weight read in
+    place. `"scan"`: stacked arrays under `lax.scan`, as the scan layer loop runs them; on XLA:CPU
+    and GPU every step then copies each layer's weights out of the stack (the gap between the two
+    is what those copies cost).
+
+    Returns `run(params, x0) -> [B]` where `params` is from `floor_params(lm, layer_loop)` and `x0`
+    is `[B, D]`.
     """
     import jax
     import jax.numpy as jnp
@@ -458,7 +465,11 @@ def weights_floor_fn(lm, steps: int):
     @jax.jit
     def run(params, x0):
         def token(_, h):
-            h, _ = jax.lax.scan(layer, h, params["layers"])
+            if layer_loop == "scan":
+                h, _ = jax.lax.scan(layer, h, params["layers"])
+            else:
+                for w in params["layers"]:
+                    h, _ = layer(h, w)
             if tied:  # [B, V]: streams the LM head (the tied embedding) once per token
                 logits = jnp.einsum("bd,vd->bv", h, params["head"])
             else:
@@ -471,24 +482,36 @@ def weights_floor_fn(lm, steps: int):
     return run
 
 
-def floor_params(lm) -> dict:
-    """The matrices `weights_floor_fn` streams, taken from `lm.state` (no copy)."""
+def floor_params(lm, layer_loop: str = "unrolled") -> dict:
+    """The matrices `weights_floor_fn` streams, from `lm.state` in the layout `layer_loop` wants:
+    the model's own arrays when it is stored that way, else converted once (outside the timed
+    function)."""
     from flax import nnx
 
-    d = nnx.to_pure_dict(lm.state)
-    L = d["layers"]
-    a, m = L["self_attn"], L["mlp"]
+    from workbench.models.layer_loop import stack_layers, unstack_layers
+
+    state = lm.state
+    if layer_loop == "scan" and lm.layer_loop != "scan":
+        state = stack_layers(state)
+    elif layer_loop == "unrolled" and lm.layer_loop == "scan":
+        state = unstack_layers(state)
+    d = nnx.to_pure_dict(state)
+    names = {"q": ("self_attn", "q_proj"), "k": ("self_attn", "k_proj"),
+             "v": ("self_attn", "v_proj"), "o": ("self_attn", "o_proj"),
+             "gate": ("mlp", "gate_proj"), "up": ("mlp", "up_proj"), "down": ("mlp", "down_proj")}
+
+    def pick(layer):
+        return {k: layer[a][b]["kernel"] for k, (a, b) in names.items()}
+
+    if layer_loop == "scan":
+        layers = pick(d["layers"])
+    else:
+        layers = [pick(d["layers"][i]) for i in range(lm.config.num_hidden_layers)]
     if lm.config.tie_word_embeddings:
         head = d["embed_tokens"]["embedding"]  # [V, D], read as the model's `attend` reads it
     else:
         head = d["lm_head"]["kernel"]
-    return {
-        "layers": {"q": a["q_proj"]["kernel"], "k": a["k_proj"]["kernel"],
-                   "v": a["v_proj"]["kernel"], "o": a["o_proj"]["kernel"],
-                   "gate": m["gate_proj"]["kernel"], "up": m["up_proj"]["kernel"],
-                   "down": m["down_proj"]["kernel"]},
-        "head": head,
-    }
+    return {"layers": layers, "head": head}
 
 
 def weights_bytes(lm) -> int:
@@ -499,13 +522,14 @@ def weights_bytes(lm) -> int:
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(nnx.to_pure_dict(lm.state)))
 
 
-def measure_floor(lm, batch_size: int, steps: int, runs: int) -> tuple[float, Measurement]:
+def measure_floor(lm, batch_size: int, steps: int, runs: int, layer_loop: str = "unrolled"
+                  ) -> tuple[float, Measurement]:
     """tokens/s of the weights-only floor at `batch_size` (median of `runs`)."""
     import jax
     import jax.numpy as jnp
 
-    run = weights_floor_fn(lm, steps)
-    params = floor_params(lm)
+    run = weights_floor_fn(lm, steps, layer_loop)
+    params = floor_params(lm, layer_loop)
     x0 = jnp.ones((batch_size, lm.config.hidden_size), lm.dtype) * 0.01
     m = measure(lambda: jax.block_until_ready(run(params, x0)), runs)
     return batch_size * steps / m.median_s, m

@@ -54,3 +54,14 @@ def build(kind: str, lm=None, **kwargs):
 
 
 ENGINES = ("vinference", "vsurge", "esurge")
+
+
+def every_engine():
+    """{kind: engine} for every kind in ENGINES on the tiny model, closed after: the body of a
+    module fixture (`yield from every_engine()`)."""
+    built = {kind: build(kind) for kind in ENGINES}
+    try:
+        yield built
+    finally:
+        for e in built.values():
+            e.close()

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.reliability_support import ENGINES, build
+from tests.reliability_support import ENGINES, every_engine
 from workbench.sampling_params import SamplingParams
 
 PARAMS = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
@@ -17,10 +17,7 @@ PARAMS = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
 
 @pytest.fixture(scope="module")
 def engines():
-    built = {kind: build(kind) for kind in ENGINES}
-    yield built
-    for e in built.values():
-        e.close()
+    yield from every_engine()
 
 
 @pytest.mark.parametrize("kind", ENGINES)

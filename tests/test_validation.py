@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.reliability_support import ENGINES, build, tiny_lm
+from tests.reliability_support import ENGINES, every_engine, tiny_lm
 from workbench.sampling_params import SamplingParams
 
 pytestmark = pytest.mark.slow
@@ -60,10 +60,7 @@ prompt_st = mix(st.one_of(st.text(min_size=1, max_size=12),
 @pytest.fixture(scope="module")
 def engines():
     assert tiny_lm().config.vocab_size == VOCAB
-    built = {kind: build(kind) for kind in ENGINES}
-    yield built
-    for e in built.values():
-        e.close()
+    yield from every_engine()
 
 
 @pytest.mark.parametrize("kind", ENGINES)
