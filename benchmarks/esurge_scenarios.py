@@ -188,6 +188,10 @@ eng.close()
 """
 
 COMPILE_ENGINES = {
+    # vInference compiles lazily: its precompile() covers every batch bucket for one prompt
+    # bucket (40-token prompts, 64 new tokens: bench_generate's shapes)
+    "vinference": ("vinference", "vInference", dict(max_batch_size=32),
+                   dict(prompt_lens=(40,), max_tokens=64)),
     "vsurge": ("vsurge", "vSurge", dict(max_concurrent_decodes=32), dict(max_prompt_len=256)),
     "esurge": ("esurge", "eSurge", dict(max_num_seqs=32), {}),
 }

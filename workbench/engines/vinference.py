@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -47,6 +48,7 @@ from workbench.engines.request import Request, Sequence
 from workbench.engines.sampled_tokens import append_sampled, record_tokens
 from workbench.engines.types import (EngineOverloadedError, Prompt, RequestFailedError,
                                     RequestOutput)
+from workbench.engines.vinference_shapes import Shape, ShapeLedger, shape_bound
 from workbench.loading.loader import LoadedModel
 from workbench.sampling_params import SamplingParams
 
@@ -85,13 +87,15 @@ class vInference(Engine):  # noqa: N801 - the engine's name
                                  attention_backend=model.attention_backend,
                                  block_size=block_size, read_buckets=read_buckets,
                                  block_buckets=block_buckets)
-        # compiled lazily: one prefill shape per (batch, prompt) bucket pair used
+        # compiled lazily: a prefill per (batch, prompt, cache) bucket triple used, a decode
+        # chunk per (batch, cache, read size); `compile_bound()` counts what the buckets allow
         self.prefill_buckets = tuple(sorted(prefill_buckets or prompt_buckets(self.max_model_len)))
         self.batch_buckets = tuple(sorted(batch_buckets or pow2_buckets(1, max_batch_size)))
         if self.prefill_buckets[-1] < self.max_model_len - 1:
             raise ValueError(f"largest prefill bucket {self.prefill_buckets[-1]} is below "
                              f"max_model_len {self.max_model_len}")
         self.runner = runner_for(model.graphdef, model.attention_backend)
+        self.shapes = ShapeLedger()  # what has been dispatched (so compiled), for precompile()
         self._active: dict[str, Request] = {}
         self._queue = BatchQueue(self._run, name=self.engine_name, max_batch_size=max_batch_size,
                                  max_waiting=max_waiting, on_change=self._set_gauges)
@@ -205,16 +209,27 @@ class vInference(Engine):  # noqa: N801 - the engine's name
         self.collector.on_finish(req.request_id, "abort")
 
     def precompile(self, batch_sizes=None, prompt_lens=(32,), max_tokens: int = 128) -> dict:
-        """Compile prefill + decode for the given buckets; returns {(B, T): seconds}."""
-        times = {}
+        """Compile prefill + decode for batches of `batch_sizes` (default: every batch bucket)
+        and prompts of `prompt_lens` tokens asking `max_tokens` new ones (vInference compiles
+        lazily; this covers the shapes such requests take). Returns {"shapes": the shapes it
+        dispatched that had not been before (dicts of `vinference_shapes.Shape`), "seconds":
+        wall seconds, "bound": `compile_bound()`}."""
+        before = self.shapes.snapshot()
+        t0 = time.perf_counter()
         for b in batch_sizes or self.batch_buckets:
             for t in prompt_lens:
-                t0 = time.perf_counter()
                 sp = SamplingParams(max_tokens=min(max_tokens, self.max_model_len - t),
                                     temperature=0.0, ignore_eos=True)
                 self.generate([[1] * t] * b, sp)
-                times[(b, t)] = time.perf_counter() - t0
-        return times
+        new = sorted(self.shapes.snapshot() - before)
+        return {"shapes": [dataclasses.asdict(x) for x in new],
+                "seconds": time.perf_counter() - t0, "bound": self.compile_bound()}
+
+    def compile_bound(self) -> dict[str, int]:
+        """How many programs this configuration's buckets allow with default sampling
+        (`vinference_shapes.shape_bound`): {"prefill", "decode", "total"}."""
+        return shape_bound(self.batch_buckets, self.prefill_buckets, self.cache_buckets,
+                           self.reads.sizes)
 
     # ---- running batches ---------------------------------------------------------------------
     def _run(self, requests: list[Request]) -> Iterator[None]:
@@ -321,6 +336,7 @@ class vInference(Engine):  # noqa: N801 - the engine's name
             length=T, eos_token_ids=self.eos_token_ids, vocab_size=self.model.config.vocab_size)
         K, sampling, penalties = batch.num_top, batch.sampling, batch.penalties
         cache = self.model.new_cache(B, S)
+        self.shapes.note(Shape("prefill", B, T, S, K))
         self._kv_capacity = B * S  # the batch's cache, for kv_cache_usage_perc
         self.collector.on_iteration(sum(lens))
         state_params = self.model.state
@@ -355,7 +371,9 @@ class vInference(Engine):  # noqa: N801 - the engine's name
                     for n, (_, s) in zip(lens, live) if not s.finished]
             steps += self.streaming_chunk
             state = self._merge_host_done(state, live, B)  # aborts, stop strings
-            out = self.runner.decode_loop(state_params, self.reads.apply(cache, seen, B), state,
+            size = self.reads.size_for(seen, B, S)
+            self.shapes.note(Shape("decode", B, size, S, K))
+            out = self.runner.decode_loop(state_params, self.reads.with_size(cache, size), state,
                                           sampling, num_steps=self.streaming_chunk, num_top=K)
             return out[0], self.reads.reset(out[1]), out[2]
 
