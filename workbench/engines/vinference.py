@@ -29,7 +29,7 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -41,13 +41,17 @@ from workbench.engines.batch_queue import BatchQueue
 from workbench.engines.batching import build_prefill_batch, prepare_request
 from workbench.engines.buckets import pick_bucket, pow2_buckets, prompt_buckets
 from workbench.engines.decode_reads import DecodeReads
+from workbench.engines.engine_core import mark_running
 from workbench.engines.kv_budget import kv_budget_bytes, kv_bytes_per_token
 from workbench.engines.model_runner import DecodeState, runner_for
-from workbench.engines.engine_core import mark_running
 from workbench.engines.request import Request, Sequence
 from workbench.engines.sampled_tokens import append_sampled, record_tokens
-from workbench.engines.types import (EngineOverloadedError, Prompt, RequestFailedError,
-                                    RequestOutput)
+from workbench.engines.types import (
+    EngineOverloadedError,
+    Prompt,
+    RequestFailedError,
+    RequestOutput,
+)
 from workbench.engines.vinference_shapes import Shape, ShapeLedger, shape_bound
 from workbench.loading.loader import LoadedModel
 from workbench.sampling_params import SamplingParams
@@ -57,7 +61,7 @@ Row = tuple[Request, Sequence]
 logger = logging.getLogger("workbench.engines")
 
 
-class vInference(Engine):  # noqa: N801 - the engine's name
+class vInference(Engine):
     """Static-batching engine; see the module docstring."""
 
     engine_name = "vinference"
