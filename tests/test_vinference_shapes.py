@@ -17,14 +17,19 @@ def test_prefill_bound_is_exactly_the_reachable_shapes(max_len, max_batch):
     batch_b = pow2_buckets(1, max_batch)
     prompt_b = fine_buckets(min(16, max_len), max_len)
     cache_b = pow2_buckets(min(128, max_len), max_len)
-    reachable = set()
+    prompts, grows = set(), set()
     for n in range(1, max_len):  # a prompt of n tokens asking for 1..max_len-n new ones
         T = pick_bucket(n, prompt_b)
+        prompts.add(T)
         for total in range(n + 1, max_len + 1):
-            reachable.add((T, pick_bucket(total, cache_b)))
+            S = pick_bucket(total, cache_b)
+            if S != T:
+                grows.add((T, S))
     bound = shape_bound(batch_b, prompt_b, cache_b, lambda b, s: [1])
-    assert bound["prefill"] == len(batch_b) * len(reachable)
+    assert bound["prefill"] == len(batch_b) * len(prompts)
+    assert bound["grow"] == len(batch_b) * len(grows)
     assert bound["decode"] == len(batch_b) * len(cache_b)
+    assert bound["total"] == bound["prefill"] + bound["grow"] + bound["decode"]
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +43,10 @@ def engine(tiny_random_lm):
 def test_precompile_returns_what_it_compiled_and_then_nothing_is_new(engine):
     info = engine.precompile(batch_sizes=(1, 3), prompt_lens=(10,), max_tokens=20)
     shapes = {(s["function"], s["batch"], s["length"], s["cache_len"]) for s in info["shapes"]}
-    assert ("prefill", 1, 16, 128, ) in {x[:4] for x in shapes}
-    assert ("prefill", 4, 16, 128) in shapes  # 3 rows run in the batch bucket of 4
-    assert {s["function"] for s in info["shapes"]} == {"prefill", "decode"}
+    # the prompt bucket 16 prefills into a 16-position cache, grown to the cache bucket 128
+    assert {("prefill", 1, 16, 16), ("grow", 1, 16, 128)} <= shapes
+    assert ("prefill", 4, 16, 16) in shapes  # 3 rows run in the batch bucket of 4
+    assert {s["function"] for s in info["shapes"]} == {"prefill", "grow", "decode"}
     assert info["bound"] == engine.compile_bound()
     assert len(info["shapes"]) <= info["bound"]["total"]
     assert info["seconds"] > 0
@@ -50,7 +56,30 @@ def test_precompile_returns_what_it_compiled_and_then_nothing_is_new(engine):
     sp = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)
     engine.generate([[5] * 9, [6] * 12], sp)  # batch bucket 2: new shapes, and recorded
     assert engine.shapes.snapshot() > before
+    fns = [engine.runner.prefill, engine.runner.grow_cache, engine.runner.decode_loop]
+    compiled = [f._cache_size() for f in fns]  # what jit holds, not only the ledger
     engine.generate([[7] * 11] * 3, sp)  # what precompile covered: nothing new
     after = engine.shapes.snapshot()
     engine.generate([[8] * 14] * 3, sp)  # another prompt length in the same buckets
     assert engine.shapes.snapshot() == after
+    assert [f._cache_size() for f in fns] == compiled
+
+
+def test_grown_cache_keeps_every_entry_and_pads_with_zeros():
+    import jax.numpy as jnp
+    import numpy as np
+
+    from workbench.models.kv_cache import ContiguousKVCache
+
+    rng = np.random.default_rng(0)
+    k = jnp.asarray(rng.normal(size=(2, 3, 1, 16, 4)), jnp.float32)
+    v = jnp.asarray(rng.normal(size=(2, 3, 1, 16, 4)), jnp.float32)
+    cache = ContiguousKVCache(k=k, v=v)
+    big = cache.grown(48)
+    assert big.max_len == 48 and big.batch_size == 3
+    np.testing.assert_array_equal(big.k[:, :, :, :16], k)
+    np.testing.assert_array_equal(big.v[:, :, :, :16], v)
+    assert not np.asarray(big.k[:, :, :, 16:]).any() and not np.asarray(big.v[:, :, :, 16:]).any()
+    small = cache.grown(8)  # a prompt bucket above the cache bucket: the unused tail is cut
+    np.testing.assert_array_equal(small.k, k[:, :, :, :8])
+    assert cache.grown(16).max_len == 16

@@ -277,6 +277,10 @@ def test_precompile_compiles_every_shape_the_driver_dispatches(tiny_llama):
         info = eng.precompile()
         assert info["prefill"] == len(eng.prefill_buckets) * len(eng.batch_buckets)
         assert info["decode"] == sum(len(eng.reads.sizes(r, 64)) for r in eng.row_buckets)
+        bound = eng.compile_bound()
+        assert len(info["shapes"]) == bound["total"] == (
+            bound["prefill"] + bound["decode"] + len(eng.row_buckets))
+        assert (bound["prefill"], bound["decode"]) == (info["prefill"], info["decode"])
         compiled = [f._cache_size() for f in fns]
         prompts = [list(range(1, n + 1)) for n in (3, 17, 40, 9, 33, 5, 60)]
         sps = [SamplingParams(max_tokens=m, temperature=0, ignore_eos=True)

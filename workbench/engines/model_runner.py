@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from workbench.models.kv_cache import KVCache
+from workbench.models.kv_cache import ContiguousKVCache, KVCache
 from workbench.sampler import SamplerOutput, sample
 from workbench.sampling_tensors import PenaltyState, SamplingTensors
 
@@ -63,6 +63,9 @@ class ModelRunner:
         self.decode_loop = jax.jit(self._decode_loop, donate_argnames=("cache", "state"),
                                    static_argnames=("num_steps", "num_top", "num_rows"))
         self.move_rows = jax.jit(self._move_rows, donate_argnames=("cache", "state"))
+        # vInference prefills into a cache of the prompt's bucket, then grows it to the batch's
+        # cache bucket: the model's prefill compiles per prompt bucket only, this per pair
+        self.grow_cache = jax.jit(ContiguousKVCache.grown, static_argnames=("max_len",))
         self.prefill_into_slots = jax.jit(self._prefill_into_slots,
                                           donate_argnames=("cache", "state"),
                                           static_argnames=("num_top",))

@@ -91,8 +91,9 @@ class vInference(Engine):
                                  attention_backend=model.attention_backend,
                                  block_size=block_size, read_buckets=read_buckets,
                                  block_buckets=block_buckets)
-        # compiled lazily: a prefill per (batch, prompt, cache) bucket triple used, a decode
-        # chunk per (batch, cache, read size); `compile_bound()` counts what the buckets allow
+        # compiled lazily: a prefill per (batch, prompt) bucket pair used, a cache grow per
+        # (batch, prompt, cache) triple, a decode chunk per (batch, cache, read size);
+        # `compile_bound()` counts what the buckets allow
         self.prefill_buckets = tuple(sorted(prefill_buckets or prompt_buckets(self.max_model_len)))
         self.batch_buckets = tuple(sorted(batch_buckets or pow2_buckets(1, max_batch_size)))
         if self.prefill_buckets[-1] < self.max_model_len - 1:
@@ -231,7 +232,7 @@ class vInference(Engine):
 
     def compile_bound(self) -> dict[str, int]:
         """How many programs this configuration's buckets allow with default sampling
-        (`vinference_shapes.shape_bound`): {"prefill", "decode", "total"}."""
+        (`vinference_shapes.shape_bound`): {"prefill", "grow", "decode", "total"}."""
         return shape_bound(self.batch_buckets, self.prefill_buckets, self.cache_buckets,
                            self.reads.sizes)
 
@@ -339,13 +340,18 @@ class vInference(Engine):
             [r.prompt_ids for r, _ in live], params, [s.seed for _, s in live], batch_size=B,
             length=T, eos_token_ids=self.eos_token_ids, vocab_size=self.model.config.vocab_size)
         K, sampling, penalties = batch.num_top, batch.sampling, batch.penalties
-        cache = self.model.new_cache(B, S)
-        self.shapes.note(Shape("prefill", B, T, S, K))
+        # the prompt fills a cache of its own bucket T, grown to S after: the model's prefill
+        # compiles per (B, T), only the cheap grow per (B, T, S)
+        cache = self.model.new_cache(B, T)
+        self.shapes.note(Shape("prefill", B, T, T, K))
         self._kv_capacity = B * S  # the batch's cache, for kv_cache_usage_perc
         self.collector.on_iteration(sum(lens))
         state_params = self.model.state
         out, cache = self.runner.prefill(state_params, cache, batch.ids, batch.positions,
                                          batch.last_idx, sampling, penalties, num_top=K)
+        if S != T:
+            self.shapes.note(Shape("grow", B, T, S))
+            cache = self.runner.grow_cache(cache, max_len=S)
         first = distributed.to_host(out)
         self._append(live, first.tokens[:, None], first.logprobs[:, None],
                      first.top_ids[:, None], first.top_logprobs[:, None], K)

@@ -133,9 +133,17 @@ class vSurge(BackgroundEngine):  # noqa: N801 - the engine's name
         per move-list bucket. Call it on an idle engine, e.g. right after construction: it runs
         the jitted functions on a scratch cache of the engine's size, freed at the end. Requests
         that ask for top logprobs compile their own sampler width when they come.
-        Returns {"prefill": shapes, "decode": shapes, "seconds": wall seconds}."""
+        Returns {"prefill": count, "decode": count, "shapes": every program compiled (dicts),
+        "seconds": wall seconds}; `compile_bound()` counts the same set without compiling."""
         self._check_open()
         if self.core.num_requests:
             raise EngineError("precompile() needs an idle engine; requests are in flight")
         return self.device.precompile(min(max_prompt_len or self.max_prefill_length,
                                           self.max_prefill_length))
+
+    def compile_bound(self) -> dict[str, int]:
+        """How many programs requests with default sampling can make this engine compile (what
+        `precompile()` compiles): {"prefill", "decode", "move", "total"}."""
+        shapes = self.device.shapes(self.max_prefill_length)
+        count = {k: sum(s["function"] == k for s in shapes) for k in ("prefill", "decode", "move")}
+        return {**count, "total": len(shapes)}

@@ -203,35 +203,46 @@ class SlotDevice:
                                            seeds=seeds)
 
     # ---- compilation ---------------------------------------------------------------------------
+    def shapes(self, max_prompt_len: int) -> list[dict]:
+        """Every program `prefill`, `decode` and `move` can dispatch for prompts up to
+        `max_prompt_len` (default sampling): a prefill per (batch bucket, prompt bucket <= the
+        bucket of `max_prompt_len`), a decode chunk per (row bucket, read size), a move per row
+        bucket. Each is {"function", "batch", "length"}: a prefill's prompt bucket, a decode
+        chunk's read size, 0 for a move."""
+        top = pick_bucket(max_prompt_len, self.prefill_buckets)
+        shapes = [dict(function="prefill", batch=P, length=T)
+                  for T in self.prefill_buckets if T <= top for P in self.batch_buckets]
+        for R in self.row_buckets:
+            shapes += [dict(function="decode", batch=R, length=size)
+                       for size in self.reads.sizes(R, self.max_model_len)]
+            shapes.append(dict(function="move", batch=R, length=0))
+        return shapes
+
     def precompile(self, max_prompt_len: int) -> dict:
-        """Run every shape `prefill`, `decode` and `move` can dispatch once, on a scratch cache
-        and state (freed after): a prefill per (batch bucket, prompt bucket <= the bucket of
-        `max_prompt_len`), a decode chunk per (row bucket, read size), a move per row bucket.
-        Returns {"prefill": shapes, "decode": shapes, "seconds": wall seconds}."""
+        """Run every shape of `shapes(max_prompt_len)` once, on a scratch cache and state (freed
+        after). Returns {"prefill": count, "decode": count, "shapes": the shapes,
+        "seconds": wall seconds}."""
         t0 = time.perf_counter()
         B = self.num_slots
         sp = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
         cache, state = self.model.new_cache(B, self.max_model_len), self.idle_state()
-        top = pick_bucket(max_prompt_len, self.prefill_buckets)
-        lengths = [T for T in self.prefill_buckets if T <= top]
-        for T in lengths:
-            for P in self.batch_buckets:  # P prompts of T tokens, into no slot (out of range)
-                out, cache, state = self._prefill_into(cache, state, [[1] * T] * P, [sp] * P,
-                                                       [0] * P, [B] * P, [1] * P)
+        shapes = self.shapes(max_prompt_len)
+        for shape in shapes:
+            kind, R, n = shape["function"], shape["batch"], shape["length"]
+            if kind == "prefill":  # R prompts of n tokens, into no slot (out of range)
+                out, cache, state = self._prefill_into(cache, state, [[1] * n] * R, [sp] * R,
+                                                       [0] * R, [B] * R, [1] * R)
                 jax.block_until_ready(out.tokens)
-        n_decode = 0
-        for R in self.row_buckets:
-            sampling = self._decode_sampling([sp] + [None] * (R - 1), [0] * R)
-            for size in self.reads.sizes(R, self.max_model_len):
-                # every row done: the loop compiles, then exits at once
+            elif kind == "decode":  # every row done: the loop compiles, then exits at once
+                sampling = self._decode_sampling([sp] + [None] * (R - 1), [0] * R)
                 state, cache, chunk = self.runner.decode_loop(
-                    self.model.state, self.reads.with_size(cache, size), state, sampling,
+                    self.model.state, self.reads.with_size(cache, n), state, sampling,
                     num_steps=self.decode_steps, num_top=0, num_rows=R)
                 cache = self.reads.reset(cache)
                 jax.block_until_ready(chunk.tokens)
-                n_decode += 1
-            nowhere = np.full(R, B, np.int32)  # out-of-range indices move nothing
-            cache, state = self.runner.move_rows(cache, state, nowhere, nowhere)
+            else:  # out-of-range indices move nothing
+                nowhere = np.full(R, B, np.int32)
+                cache, state = self.runner.move_rows(cache, state, nowhere, nowhere)
         delete_arrays(cache, state)
-        return {"prefill": len(lengths) * len(self.batch_buckets), "decode": n_decode,
-                "seconds": time.perf_counter() - t0}
+        count = {k: sum(s["function"] == k for s in shapes) for k in ("prefill", "decode")}
+        return {**count, "shapes": shapes, "seconds": time.perf_counter() - t0}

@@ -224,6 +224,17 @@ class ContiguousKVCache(KVCache):
         k_pos = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (keys.shape[0], n))
         return keys, values, k_pos
 
+    def grown(self, max_len: int) -> "ContiguousKVCache":
+        """The same rows with `max_len` positions: zero-padded at the end (or cut, when
+        `max_len` is smaller: only for a cache whose entries past `max_len` are unused)."""
+        S = self.max_len
+        if max_len >= S:
+            pad = [(0, 0)] * 3 + [(0, max_len - S), (0, 0)]
+            k, v = jnp.pad(self.k, pad), jnp.pad(self.v, pad)
+        else:
+            k, v = self.k[:, :, :, :max_len], self.v[:, :, :, :max_len]
+        return dataclasses.replace(self, k=k, v=v)
+
     def move_rows(self, src: jnp.ndarray, dst: jnp.ndarray) -> "ContiguousKVCache":
         """Copy rows `src` `[M]` to rows `dst` `[M]`; out-of-range entries in `dst` move nothing."""
         def move(x):
