@@ -2,6 +2,8 @@
 requests can reach, precompile() returns what it dispatched, and what it covered compiles
 nothing new afterwards."""
 
+import dataclasses
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -83,3 +85,36 @@ def test_grown_cache_keeps_every_entry_and_pads_with_zeros():
     small = cache.grown(8)  # a prompt bucket above the cache bucket: the unused tail is cut
     np.testing.assert_array_equal(small.k, k[:, :, :, :8])
     assert cache.grown(16).max_len == 16
+
+
+@pytest.mark.parametrize("rows,n,max_tokens", [(1, 5, 40), (4, 30, 7), (2, 100, 28), (3, 17, 1)])
+def test_precompile_covers_the_batch_it_names(tiny_random_lm, rows, n, max_tokens):
+    """Compile-only precompile (no decoding) dispatches every shape the same batch then takes:
+    across read sizes (16-position blocks, 4-step chunks), cache grows and prompt buckets."""
+    from workbench.engines.vinference import vInference
+
+    with vInference(tiny_random_lm, max_batch_size=4, max_model_len=160, block_size=16,
+                    streaming_chunk=4) as eng:
+        info = eng.precompile(batch_sizes=(rows,), prompt_lens=(n,), max_tokens=max_tokens)
+        fns = [eng.runner.prefill, eng.runner.grow_cache, eng.runner.decode_loop]
+        compiled = [f._cache_size() for f in fns]
+        ledger = eng.shapes.snapshot()
+        sp = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
+        outs = eng.generate([[9] * n] * rows, sp)
+        assert [len(o.outputs[0].token_ids) for o in outs] == [max_tokens] * rows
+        assert eng.shapes.snapshot() == ledger, sorted(eng.shapes.snapshot() - ledger)
+        assert [f._cache_size() for f in fns] == compiled
+        assert len(info["shapes"]) <= info["bound"]["total"]
+    # and nothing more: a fresh engine running the batch dispatches exactly those shapes
+    with vInference(tiny_random_lm, max_batch_size=4, max_model_len=160, block_size=16,
+                    streaming_chunk=4) as fresh:
+        fresh.generate([[9] * n] * rows, sp)
+        assert {tuple(x.values()) for x in info["shapes"]} == {
+            dataclasses.astuple(x) for x in fresh.shapes.snapshot()}
+
+
+def test_precompile_rejects_what_cannot_run(engine):
+    with pytest.raises(ValueError, match="max_batch_size"):
+        engine.precompile(batch_sizes=(5,), prompt_lens=(10,))
+    with pytest.raises(ValueError, match="max_model_len"):
+        engine.precompile(batch_sizes=(1,), prompt_lens=(128,))

@@ -214,21 +214,51 @@ class vInference(Engine):
         self.collector.on_finish(req.request_id, "abort")
 
     def precompile(self, batch_sizes=None, prompt_lens=(32,), max_tokens: int = 128) -> dict:
-        """Compile prefill + decode for batches of `batch_sizes` (default: every batch bucket)
-        and prompts of `prompt_lens` tokens asking `max_tokens` new ones (vInference compiles
-        lazily; this covers the shapes such requests take). Returns {"shapes": the shapes it
-        dispatched that had not been before (dicts of `vinference_shapes.Shape`), "seconds":
-        wall seconds, "bound": `compile_bound()`}."""
+        """Compile what batches of `batch_sizes` rows (default: every batch bucket) with prompts
+        of `prompt_lens` tokens asking `max_tokens` new ones dispatch: their prefill, cache grow
+        and every decode read size their lengths pass through (vInference compiles lazily;
+        this moves it ahead of the first request). Compile-only: one prefill runs per shape,
+        the decode chunks start with every row done and exit at once. Call it on an idle engine.
+        Returns {"shapes": the shapes dispatched that had not been before (dicts of
+        `vinference_shapes.Shape`), "seconds": wall seconds, "bound": `compile_bound()`}."""
+        self._check_open()
         before = self.shapes.snapshot()
         t0 = time.perf_counter()
-        for b in batch_sizes or self.batch_buckets:
-            for t in prompt_lens:
-                sp = SamplingParams(max_tokens=min(max_tokens, self.max_model_len - t),
-                                    temperature=0.0, ignore_eos=True)
-                self.generate([[1] * t] * b, sp)
+        for rows in batch_sizes or self.batch_buckets:
+            for n in prompt_lens:
+                self._compile_batch(int(rows), int(n), min(max_tokens, self.max_model_len - n))
         new = sorted(self.shapes.snapshot() - before)
         return {"shapes": [dataclasses.asdict(x) for x in new],
                 "seconds": time.perf_counter() - t0, "bound": self.compile_bound()}
+
+    def _compile_batch(self, rows: int, n: int, max_tokens: int) -> None:
+        """Dispatch the shapes of one batch of `rows` prompts of `n` tokens asking `max_tokens`
+        (default sampling): as `_run_batch` would, without decoding."""
+        if not (1 <= rows <= self.max_batch_size and 1 <= n < self.max_model_len
+                and max_tokens >= 1):
+            raise ValueError(f"precompile: {rows} rows of {n} prompt tokens and {max_tokens} new "
+                             f"ones do not fit max_batch_size {self.max_batch_size} and "
+                             f"max_model_len {self.max_model_len}")
+        sp = SamplingParams(max_tokens=max_tokens)
+        B, T, S = self._buckets([n] * rows, [sp] * rows)
+        batch = build_prefill_batch([[1] * n] * rows, [sp] * rows, [0] * rows, batch_size=B,
+                                    length=T, eos_token_ids=self.eos_token_ids,
+                                    vocab_size=self.model.config.vocab_size)
+        out, cache = self._prefill(batch, S)
+        state = DecodeState(tokens=out.tokens, positions=jnp.full(B, n, jnp.int32),
+                            output_pos=jnp.ones(B, jnp.int32), done=jnp.ones(B, bool),
+                            max_tokens=jnp.full(B, max_tokens, jnp.int32),
+                            penalties=batch.penalties.update(out.tokens))
+        # `_run_batch`'s dispatches: chunk k (k = 0, 1, ...) is sent before the host reads chunk
+        # k - 1 (it has 1 + (k - 1) * chunk tokens per row then), while a row is unfinished, and
+        # reads n + (k + 1) * chunk - 1 positions per row by its last step
+        c = self.streaming_chunk
+        last = (max_tokens - 2) // c + 1 if max_tokens > 1 else -1  # one token: no decode
+        sizes = {self.reads.size_for([n + (k + 1) * c - 1] * rows, B, S) for k in range(last + 1)}
+        for size in sorted(sizes):
+            state, cache, chunk = self._decode(cache, state, batch.sampling, size, batch.num_top)
+        jax.block_until_ready(out.tokens if not sizes else chunk.tokens)
+        del cache, state
 
     def compile_bound(self) -> dict[str, int]:
         """How many programs this configuration's buckets allow with default sampling
@@ -332,26 +362,15 @@ class vInference(Engine):
             self.collector.on_scheduled(req.request_id)
             mark_running(req)
         params = [s.params for _, s in live]
-        B = pick_bucket(len(live), self.batch_buckets)
         lens = [len(r.prompt_ids) for r, _ in live]
-        T = pick_bucket(max(lens), self.prefill_buckets)
-        S = pick_bucket(max(n + p.max_tokens for n, p in zip(lens, params)), self.cache_buckets)
+        B, T, S = self._buckets(lens, params)
         batch = build_prefill_batch(
             [r.prompt_ids for r, _ in live], params, [s.seed for _, s in live], batch_size=B,
             length=T, eos_token_ids=self.eos_token_ids, vocab_size=self.model.config.vocab_size)
         K, sampling, penalties = batch.num_top, batch.sampling, batch.penalties
-        # the prompt fills a cache of its own bucket T, grown to S after: the model's prefill
-        # compiles per (B, T), only the cheap grow per (B, T, S)
-        cache = self.model.new_cache(B, T)
-        self.shapes.note(Shape("prefill", B, T, T, K))
         self._kv_capacity = B * S  # the batch's cache, for kv_cache_usage_perc
         self.collector.on_iteration(sum(lens))
-        state_params = self.model.state
-        out, cache = self.runner.prefill(state_params, cache, batch.ids, batch.positions,
-                                         batch.last_idx, sampling, penalties, num_top=K)
-        if S != T:
-            self.shapes.note(Shape("grow", B, T, S))
-            cache = self.runner.grow_cache(cache, max_len=S)
+        out, cache = self._prefill(batch, S)
         first = distributed.to_host(out)
         self._append(live, first.tokens[:, None], first.logprobs[:, None],
                      first.top_ids[:, None], first.top_logprobs[:, None], K)
@@ -370,6 +389,7 @@ class vInference(Engine):
         pipelined = not any(p.stop for p in params)
         pending = None
         steps = 0  # decode steps dispatched so far
+        sizes: list[int] = []  # read sizes dispatched so far
 
         def dispatch(cache, state):
             nonlocal steps
@@ -381,11 +401,11 @@ class vInference(Engine):
                     for n, (_, s) in zip(lens, live) if not s.finished]
             steps += self.streaming_chunk
             state = self._merge_host_done(state, live, B)  # aborts, stop strings
-            size = self.reads.size_for(seen, B, S)
-            self.shapes.note(Shape("decode", B, size, S, K))
-            out = self.runner.decode_loop(state_params, self.reads.with_size(cache, size), state,
-                                          sampling, num_steps=self.streaming_chunk, num_top=K)
-            return out[0], self.reads.reset(out[1]), out[2]
+            # no row left (aborted meanwhile): every row is done and the chunk exits at once,
+            # so any read size does; the last one is compiled already
+            size = self.reads.size_for(seen, B, S) if seen or not sizes else sizes[-1]
+            sizes.append(size)
+            return self._decode(cache, state, sampling, size, K)
 
         while not self._finished(live).all():
             if pending is None:
@@ -410,6 +430,36 @@ class vInference(Engine):
         if pending is not None:
             jax.block_until_ready(pending[2].tokens)
         del cache, pending
+
+    def _buckets(self, lens: list[int], params: list[SamplingParams]) -> tuple[int, int, int]:
+        """(batch bucket B, prompt bucket T, cache bucket S) of rows with prompts of `lens`."""
+        B = pick_bucket(len(lens), self.batch_buckets)
+        T = pick_bucket(max(lens), self.prefill_buckets)
+        S = pick_bucket(max(n + p.max_tokens for n, p in zip(lens, params)), self.cache_buckets)
+        return B, T, S
+
+    def _prefill(self, batch, S: int):
+        """Prefill `batch` ([B, T]) into a cache of its prompt bucket T, grown to S after: the
+        model's prefill compiles per (B, T), only the cheap grow per (B, T, S)."""
+        B, T = batch.ids.shape
+        K = batch.num_top
+        self.shapes.note(Shape("prefill", B, T, T, K))
+        out, cache = self.runner.prefill(self.model.state, self.model.new_cache(B, T), batch.ids,
+                                         batch.positions, batch.last_idx, batch.sampling,
+                                         batch.penalties, num_top=K)
+        if S != T:
+            self.shapes.note(Shape("grow", B, T, S))
+            cache = self.runner.grow_cache(cache, max_len=S)
+        return out, cache
+
+    def _decode(self, cache, state: DecodeState, sampling, size: int, K: int):
+        """One decode chunk reading `size` (`decode_reads`); returns (state, cache, chunk)."""
+        B, S = state.tokens.shape[0], cache.max_len
+        self.shapes.note(Shape("decode", B, size, S, K))
+        state, cache, chunk = self.runner.decode_loop(
+            self.model.state, self.reads.with_size(cache, size), state, sampling,
+            num_steps=self.streaming_chunk, num_top=K)
+        return state, self.reads.reset(cache), chunk
 
     def _finished(self, live: list[Row]) -> np.ndarray:
         """[len(live)] bool: rows the host has finished. On a multi-host mesh the leader's view
