@@ -118,3 +118,19 @@ def test_precompile_rejects_what_cannot_run(engine):
         engine.precompile(batch_sizes=(5,), prompt_lens=(10,))
     with pytest.raises(ValueError, match="max_model_len"):
         engine.precompile(batch_sizes=(1,), prompt_lens=(128,))
+
+
+def test_precompile_needs_an_idle_open_engine(tiny_random_lm):
+    from workbench.engines.types import EngineError
+    from workbench.engines.vinference import vInference
+
+    eng = vInference(tiny_random_lm, max_batch_size=2, max_model_len=128)
+    with eng:
+        stream = eng.stream([5] * 8, SamplingParams(max_tokens=100, temperature=0,
+                                                   ignore_eos=True))
+        next(iter(stream))  # a request is running
+        with pytest.raises(EngineError, match="idle"):
+            eng.precompile(batch_sizes=(1,), prompt_lens=(8,), max_tokens=4)
+        stream.close()
+    with pytest.raises(EngineError, match="closed"):
+        eng.precompile(batch_sizes=(1,), prompt_lens=(8,), max_tokens=4)

@@ -47,6 +47,7 @@ from workbench.engines.model_runner import DecodeState, runner_for
 from workbench.engines.request import Request, Sequence
 from workbench.engines.sampled_tokens import append_sampled, record_tokens
 from workbench.engines.types import (
+    EngineError,
     EngineOverloadedError,
     Prompt,
     RequestFailedError,
@@ -222,6 +223,11 @@ class vInference(Engine):
         Returns {"shapes": the shapes dispatched that had not been before (dicts of
         `vinference_shapes.Shape`), "seconds": wall seconds, "bound": `compile_bound()`}."""
         self._check_open()
+        if self.channel is not None:
+            raise EngineError("precompile() is not supported on a multi-host mesh: the other "
+                              "processes would not dispatch the same programs")
+        if self._active or self._queue.num_waiting:
+            raise EngineError("precompile() needs an idle engine; requests are in flight")
         before = self.shapes.snapshot()
         t0 = time.perf_counter()
         for rows in batch_sizes or self.batch_buckets:
