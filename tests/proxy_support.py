@@ -19,7 +19,7 @@ it, so one route entry = one behaviour:
 
 It records the bodies, Authorization headers and client ports it got, and counts streams that
 finished and streams that were cut off by the other side (`closed`). `/v1/models` answers 200 while
-`healthy` is True, else 503.
+`healthy` is True, else 503, after `models_delay` seconds (a server too busy to answer a probe).
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ class FakeUpstream:
 
     def __init__(self) -> None:
         self.healthy = True
+        self.models_delay = 0.0
         self.bodies: list[dict] = []
         self.auth: list[str | None] = []
         self.ports: list[int] = []  # the client port of each request (one = one connection)
@@ -80,6 +81,7 @@ class FakeUpstream:
 
         @app.get("/v1/models")
         async def models():
+            await asyncio.sleep(self.models_delay)
             if not self.healthy:
                 return JSONResponse({"error": "down"}, status_code=503)
             return {"object": "list", "data": [{"id": "ok", "object": "model"}]}

@@ -217,3 +217,27 @@ def test_probe_loop_reprobes_a_backend_a_request_marked_down_after_the_cooldown(
 
     second, third = asyncio.run(main())
     assert 0.04 < second < 1.0 and third - second > 0.04  # each after a cooldown, not 30 s
+
+
+def test_a_probe_that_fails_while_the_backend_sends_answers_is_not_counted():
+    async def main() -> list[bool]:
+        h = BackendHealth("a", cooldown=0.05)
+        busy = [True]
+
+        async def probe() -> bool:  # times out, while (or not) a stream sends chunks
+            if busy[0]:
+                h.record_activity()
+            await asyncio.sleep(0.01)
+            return False
+
+        task = asyncio.create_task(probe_loop(h, probe, interval=0.02))
+        await asyncio.sleep(0.2)
+        seen = [h.up]
+        busy[0] = False
+        await asyncio.sleep(0.2)
+        seen.append(h.up)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return seen
+
+    assert asyncio.run(main()) == [True, False]

@@ -281,6 +281,28 @@ def test_health_check_marks_down_and_up(fakes, proxies):
     assert post(proxy, {"model": "m", "prompt": "x"}).headers["x-workbench-backend"] == a_name
 
 
+def test_a_busy_backend_that_streams_is_not_marked_down_by_a_slow_probe(fakes, proxies):
+    """Probes time out (0.5 s) while the backend streams to a client: busy, not down. Once
+    nothing flows, the same slow probe marks it down."""
+    a = fakes()
+    proxy = proxies({"m": [upstream(a, "slow", timeouts={"connect": 2, "first_byte": 2,
+                                                          "total": 30})]})
+    a_name = a.url.split("//")[1].removesuffix("/v1")
+    up = lambda: metric(metrics(proxy), "workbench:proxy_backend_up", backend=a_name)  # noqa: E731
+    a.models_delay = 2.0
+    body = {"model": "m", "prompt": "x", "stream": True}
+    with httpx.stream("POST", proxy.url + "/v1/completions", json=body, timeout=30) as r:
+        events: list[str] = []
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                events.append(line)
+            if len(events) == 60:  # 3 s in: several probes have timed out meanwhile
+                assert up() == 1
+    assert r.status_code == 200 and len(events) == 201 and events[-1] == "data: [DONE]"
+    assert wait_until(lambda: up() == 0, timeout=10)  # nothing flows now: down
+    a.models_delay = 0.0
+
+
 def test_least_busy_spreads_by_weight(fakes, proxies):
     a, b = fakes(), fakes()
     proxy = proxies({"m": {"strategy": "least_busy", "backends": [

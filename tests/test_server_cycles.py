@@ -5,11 +5,14 @@ A stopped server's app must be garbage: FastAPI keeps endpoint functions in proc
 and its engines' token tables (~3 MB per cycle on the embedded model). The app's routes are
 module-level functions now; this checks that the app is collected after `stop()` and that RSS
 does not grow beyond 1 MB per cycle after the first (measured: ~0.25 MB, flattening to 0).
+A leak grows RSS every cycle, so the check is the median of the per-cycle growths: one step of the
+allocator (CI once saw RSS flat for seven cycles, then +11.7 MB on the eighth) is not a leak.
 """
 
 from __future__ import annotations
 
 import gc
+import statistics
 import weakref
 
 import httpx
@@ -43,5 +46,5 @@ def test_start_stop_cycles_free_the_app_and_do_not_grow(kind):
     finally:
         engine.close()
     assert [ref() for ref in apps] == [None] * CYCLES, "a stopped server's app is still alive"
-    growth = (rss[-1] - rss[1]) / (CYCLES - 2)
+    growth = statistics.median(b - a for a, b in zip(rss[1:], rss[2:]))
     assert growth <= 1.0, f"RSS grew {growth:.2f} MB per cycle: {[round(x, 1) for x in rss]}"

@@ -8,6 +8,10 @@
   (`record_success()`) resets the count.
 - While down it is skipped by the router and probed every `cooldown` seconds (the first probe
   `cooldown` s after it went down); the first probe that answers marks it up.
+- `record_activity()`: the backend sent bytes for a request (an answer's headers, a stream's
+  chunk). A probe that fails while the backend is sending is not counted: a server too busy to
+  answer `/models` within the probe timeout while it streams tokens to clients is busy, not down
+  (requests that fail still count, as above).
 - `on_change(up: bool)` is called on every transition (metrics, logs).
 
 `probe_loop(health, probe, interval)` runs until cancelled: probes at once, then every `interval`
@@ -43,12 +47,19 @@ class BackendHealth:
         self.retry_at = 0.0  # while down: no probe before this time
         self.last_error: str | None = None
         self.last_probe: float | None = None  # when the last probe finished
+        self.last_activity = float("-inf")  # when the backend last sent bytes for a request
         self.went_down = asyncio.Event()  # wakes the probe loop (it may be waiting `interval`)
 
     def record_success(self) -> None:
         self.fails = 0
         if not self.up:
             self._set(True)
+
+    def record_activity(self) -> None:
+        self.last_activity = self._clock()
+
+    def now(self) -> float:
+        return self._clock()
 
     def record_failure(self, reason: str) -> None:
         self.fails += 1
@@ -83,6 +94,7 @@ async def probe_loop(health: BackendHealth, probe: Callable[[], Awaitable[bool]]
     """Probe now, then every `interval` s (see the module docstring); runs until cancelled."""
     while True:
         if health.probe_due():
+            started = health.now()
             try:
                 ok = await probe()
             except Exception:  # noqa: BLE001 - a probe that raises is a failed probe
@@ -91,6 +103,9 @@ async def probe_loop(health: BackendHealth, probe: Callable[[], Awaitable[bool]]
             health.last_probe = time.monotonic()
             if ok:
                 health.record_success()
+            elif health.up and health.last_activity >= started:
+                logger.debug("probe of %s failed while it was sending answers: busy, not down",
+                             health.name)
             else:
                 health.record_failure("health check failed")
         if health.up:  # until the interval is over, or a failed request marks it down

@@ -155,6 +155,7 @@ class Upstream(Backend):
             try:
                 async with guard.within(first_deadline):
                     response = await self._transport.handle_async_request(request)
+                self.health.record_activity()
                 if response.status_code != 200:
                     async with guard.within(end_deadline):
                         data = await response.aread()
@@ -249,6 +250,7 @@ class Upstream(Backend):
                         failure = ("stream", "The upstream closed the stream before it ended",
                                    "upstream_stream_ended")
                         break
+                    self.health.record_activity()
                     pending = reader.feed(data)
             except TimeoutError:
                 if guard.error is not None:
