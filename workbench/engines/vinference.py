@@ -251,10 +251,8 @@ class vInference(Engine):
                                     length=T, eos_token_ids=self.eos_token_ids,
                                     vocab_size=self.model.config.vocab_size)
         out, cache = self._prefill(batch, S)
-        state = DecodeState(tokens=out.tokens, positions=jnp.full(B, n, jnp.int32),
-                            output_pos=jnp.ones(B, jnp.int32), done=jnp.ones(B, bool),
-                            max_tokens=jnp.full(B, max_tokens, jnp.int32),
-                            penalties=batch.penalties.update(out.tokens))
+        state = self._decode_state(out, batch.penalties, [n] * B, [max_tokens] * B,
+                                   np.ones(B, bool))
         # `_run_batch`'s dispatches: chunk k (k = 0, 1, ...) is sent before the host reads chunk
         # k - 1 (it has 1 + (k - 1) * chunk tokens per row then), while a row is unfinished, and
         # reads n + (k + 1) * chunk - 1 positions per row by its last step
@@ -384,21 +382,17 @@ class vInference(Engine):
 
         done = np.ones(B, bool)
         done[: len(live)] = self._finished(live)
-        state = DecodeState(
-            tokens=out.tokens, positions=jnp.asarray(lens + [0] * (B - len(live)), jnp.int32),
-            output_pos=jnp.ones(B, jnp.int32), done=jnp.asarray(done),
-            max_tokens=jnp.asarray([p.max_tokens for p in params] + [1] * (B - len(live)),
-                                   jnp.int32),
-            penalties=penalties.update(out.tokens),
-        )
+        pad = [0] * (B - len(live))
+        state = self._decode_state(out, penalties, lens + pad,
+                                   [p.max_tokens for p in params] + [1] * len(pad), done)
         # Overlap host and device work unless a stop string can end a row between chunks.
         pipelined = not any(p.stop for p in params)
         pending = None
         steps = 0  # decode steps dispatched so far
-        sizes: list[int] = []  # read sizes dispatched so far
+        last_size: int | None = None  # the read size dispatched last
 
         def dispatch(cache, state):
-            nonlocal steps
+            nonlocal steps, last_size
             # Step j (0-based over the whole decode) writes row i's token at lens[i] + j and
             # attends to the cached positions before it: by the chunk's last step row i sees
             # lens[i] + steps + chunk - 1 cached positions (rows finished on the host are done on
@@ -409,9 +403,9 @@ class vInference(Engine):
             state = self._merge_host_done(state, live, B)  # aborts, stop strings
             # no row left (aborted meanwhile): every row is done and the chunk exits at once,
             # so any read size does; the last one is compiled already
-            size = self.reads.size_for(seen, B, S) if seen or not sizes else sizes[-1]
-            sizes.append(size)
-            return self._decode(cache, state, sampling, size, K)
+            if seen or last_size is None:
+                last_size = self.reads.size_for(seen, B, S)
+            return self._decode(cache, state, sampling, last_size, K)
 
         while not self._finished(live).all():
             if pending is None:
@@ -457,6 +451,17 @@ class vInference(Engine):
             self.shapes.note(Shape("grow", B, T, S))
             cache = self.runner.grow_cache(cache, max_len=S)
         return out, cache
+
+    @staticmethod
+    def _decode_state(out, penalties, positions: list[int], max_tokens: list[int],
+                      done: np.ndarray) -> DecodeState:
+        """The decode loop's state after a prefill that sampled `out.tokens` (one output token
+        per row so far); `positions`, `max_tokens` and `done` give every row of the bucket."""
+        B = len(positions)
+        return DecodeState(tokens=out.tokens, positions=jnp.asarray(positions, jnp.int32),
+                           output_pos=jnp.ones(B, jnp.int32), done=jnp.asarray(done),
+                           max_tokens=jnp.asarray(max_tokens, jnp.int32),
+                           penalties=penalties.update(out.tokens))
 
     def _decode(self, cache, state: DecodeState, sampling, size: int, K: int):
         """One decode chunk reading `size` (`decode_reads`); returns (state, cache, chunk)."""
