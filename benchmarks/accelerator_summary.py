@@ -81,6 +81,14 @@ def summarize(out: str) -> dict:
     if warm is not None:
         checks.append((f"second process, persistent cache: first token {warm:.1f}s after start",
                        "<= 10 s", warm <= 10))
+    pa = _load(out, "pagedattn.json")
+    s["paged_attention"] = pa
+    if pa:
+        agree = all(r["agree"] for r in pa["rows"])
+        speed = ", ".join(f"{r['step']} {r['xla_ms']:.2f} -> {r['pallas_ms']:.2f} ms "
+                          f"({r['speedup']:.2f}x)" for r in pa["rows"])
+        checks.append((f"eSurge paged attention, Pallas kernel vs XLA loop: {speed}",
+                       "agrees with XLA", agree))
     s["layer_loop"] = _load(out, "layerloop.json")
     s["burst"] = _load(out, "burst.json")
     s["bandwidth"] = bw

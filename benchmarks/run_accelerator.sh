@@ -13,6 +13,8 @@
 #   generate    bench_generate: batch 1 / 64 / 256, 128-token prompts, 128 new tokens: vInference,
 #               vSurge, transformers with a static cache + torch.compile, the weights-only floor
 #               (per-layer arrays: no copies) and the scan floor; compile seconds and programs
+#   pagedattn   bench_paged_attention: eSurge's paged attention, XLA tile loop vs the Pallas kernel
+#               (issue 14: the kernel backend checked against the XLA one, and timed)
 #   warmstart   a second process with the persistent compilation cache: seconds to the first token
 #   layerloop   bench_layer_loop: scan vs unrolled layer loop at batch 1 / 64, compile by depth
 #   burst       bench_throughput: the 256-request burst, eSurge / vSurge / vInference
@@ -67,6 +69,8 @@ EOF
 GEN="$PY benchmarks/bench_generate.py --random-config llama-1b --dtype bfloat16 --prompt-len 128 --max-tokens 128 --runs 2 --no-breakdown --no-cold"
 step generate 200 $GEN --batch-sizes 1,64,256 --engines vinference,vsurge,transformers-compiled,floor --json "$OUT/generate.json" \
     || step generate_small 90 $GEN --batch-sizes 1,64 --engines vinference,transformers-compiled,floor --json "$OUT/generate.json"
+
+step pagedattn 40 $PY benchmarks/bench_paged_attention.py --seqs 64 --context 1024 --chunk 256 --json "$OUT/pagedattn.json"
 
 # a second process with the persistent compilation cache: the first run fills it, the second reads
 WS=$(mktemp -d)

@@ -18,7 +18,8 @@ def test_a_budget_too_small_for_any_step_skips_them_all_and_still_summarizes(tmp
     assert r.returncode == 0, r.stderr
     steps = (tmp_path / "steps.log").read_text().splitlines()
     names = [line.split()[0] for line in steps]
-    assert names == ["bandwidth", "generate", "generate_small", "warmstart_cold", "layerloop",
+    assert names == ["bandwidth", "generate", "generate_small", "pagedattn", "warmstart_cold",
+                     "layerloop",
                      "layerloop_small", "burst", "burst_small"]
     assert all("skipped" in line for line in steps)
     assert json.loads((tmp_path / "summary.json").read_text())["checks"] == []
@@ -48,4 +49,20 @@ def test_summary_derives_the_targets_from_the_step_outputs(tmp_path):
     progs = checks["compiled programs (bench_generate warm-ups)"]
     assert not progs["met"]  # 6 + 5 + 6 + 40 = 57 > 40
     assert s["first_token_s"] == {"cold": None, "warm": 7.5}
+    assert not any("Pallas" in c["what"] for c in s["checks"])  # no pagedattn step output
     assert (tmp_path / "warmstart_warm.log").exists()
+
+
+def test_the_paged_attention_step_runs_quick_on_a_cpu_and_is_summarized(tmp_path):
+    """bench_paged_attention --quick (the kernel interpreted) writes what the summary checks."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks",
+                                                     "bench_paged_attention.py"),
+                        "--quick", "--json", str(tmp_path / "pagedattn.json")],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "| decode | 4 |" in r.stdout and "| mixed | 19 |" in r.stdout
+    rows = json.loads((tmp_path / "pagedattn.json").read_text())["rows"]
+    assert [x["step"] for x in rows] == ["decode", "mixed"] and all(x["agree"] for x in rows)
+    check = [c for c in summarize(str(tmp_path))["checks"] if "Pallas" in c["what"]][0]
+    assert check["met"] and "decode" in check["what"]

@@ -149,12 +149,32 @@ def test_knobs_are_validated_with_clear_errors(lm):
                       (dict(kv_cache_fraction=0.5), "needs a GPU or TPU"),
                       (dict(kv_cache_memory="lots"), "not a size"),
                       (dict(long_prefill_token_threshold=0), "long_prefill_token_threshold"),
-                      (dict(compilation_cache=3), "compilation_cache")]:
+                      (dict(compilation_cache=3), "compilation_cache"),
+                      (dict(attention_kernel="triton"),
+                       "attention_kernel must be one of xla, pallas, got 'triton'")]:
         with pytest.raises(ValueError, match=match):
             eSurge(lm, max_model_len=128, **kw)
     eng = eSurge(lm, max_model_len=128, kv_cache_memory="1MiB", page_size=8)
     per_page = 2 * 2 * 8 * 2 * 16 * 4  # k and v, layers, positions, heads, dim, float32
     assert eng.num_pages == (1 << 20) // per_page and eng.kv_cache_bytes() <= 1 << 20
+
+
+def test_the_pallas_kernel_gives_the_xla_kernels_tokens(lm):
+    """The same mixed workload (greedy and seeded; 8-token steps, so prompts are chunked and
+    read their own earlier pages; decodes over several pages) through both ways of reading the
+    cached pages. On the CPU the kernel is interpreted: slow, so the workload is small."""
+    prompts = [[5 + i] * n for i, n in enumerate((3, 13, 21))]
+    params = [SamplingParams(max_tokens=12, temperature=0, ignore_eos=True),
+              SamplingParams(max_tokens=10, temperature=0.9, seed=7, ignore_eos=True),
+              SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)]
+    outs = {}
+    for kernel in ("xla", "pallas"):
+        with eSurge(lm, max_model_len=64, page_size=4, max_num_seqs=4,
+                    max_num_batched_tokens=8, attention_kernel=kernel) as eng:
+            assert eng.attention_kernel == kernel
+            outs[kernel] = [o.outputs[0].token_ids for o in eng.generate(prompts, params)]
+    assert [len(t) for t in outs["xla"]] == [12, 10, 6]
+    assert outs["pallas"] == outs["xla"]
 
 
 def test_lifecycle_frees_the_pool_and_restarts(lm):

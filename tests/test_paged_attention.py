@@ -1,4 +1,5 @@
-"""Ragged paged attention (XLA) against a naive per-sequence loop; the step batch builder."""
+"""Ragged paged attention against a naive per-sequence loop, with both ways of reading the cached
+past (the XLA tile loop and the Pallas kernel, interpreted on the CPU); the step batch builder."""
 
 import types
 
@@ -6,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from workbench.engines.ragged_batch import StepLayout, build_step
 from workbench.models import paged_attention as pa
@@ -18,21 +21,24 @@ from workbench.models.paged_attention import (
 L, P, S, Hkv, H, D = 2, 40, 4, 2, 4, 8
 
 
-def _chunks(spec, rng):
+def _chunks(spec, rng, num_pages=P, page_size=S):
     """spec: (cached past, chunk tokens) per sequence -> chunks over distinct random pages."""
-    free = list(rng.permutation(P))
+    free = list(rng.permutation(num_pages))
     out = []
     for row, (ctx, n) in enumerate(spec):
-        pages = [int(free.pop()) for _ in range(-(-(ctx + n) // S))]
+        pages = [int(free.pop()) for _ in range(-(-(ctx + n) // page_size))]
         out.append(types.SimpleNamespace(start=ctx, num_tokens=n, token_ids=[1] * n,
                                          from_device=False, samples=True, output_pos=0,
                                          page_ids=pages, row=row))
     return out
 
 
-def _run(spec, layout, sliding_window=None, seed=0, jit=False):
+def _run(spec, layout, sliding_window=None, seed=0, jit=False, kernel="xla", heads=(H, Hkv),
+         head_dim=D):
+    H, Hkv = heads
+    D, P, S = head_dim, layout.num_pages, layout.page_size
     rng = np.random.default_rng(seed)
-    chunks = _chunks(spec, rng)
+    chunks = _chunks(spec, rng, P, S)
     arrays = layout.unpack(build_step(chunks, layout))
     T = layout.num_tokens
     q = rng.standard_normal((T, H, D)).astype(np.float32)
@@ -41,7 +47,7 @@ def _run(spec, layout, sliding_window=None, seed=0, jit=False):
                         for _ in range(2))
     meta = PagedAttentionMeta.from_arrays({k: jnp.asarray(v) for k, v in arrays.items()},
                                           {"d": layout.lane_chunk("d"), "p": layout.lane_chunk("p")})
-    fn = lambda *a: paged_attention(*a, sliding_window=sliding_window)  # noqa: E731
+    fn = lambda *a: paged_attention(*a, sliding_window=sliding_window, kernel=kernel)  # noqa: E731
     if jit:
         fn = jax.jit(fn)
     got = np.asarray(fn(q, k_new, v_new, arrays["positions"], jnp.asarray(k_cache),
@@ -69,22 +75,57 @@ def fresh_path(request, monkeypatch):
     return request.param
 
 
+@pytest.mark.parametrize("kernel", pa.KERNELS)
 @pytest.mark.parametrize("window", [None, 5])
-def test_mixed_prefills_chunks_and_decodes_match_a_per_sequence_loop(window):
+def test_mixed_prefills_chunks_and_decodes_match_a_per_sequence_loop(window, kernel):
     layout = StepLayout(num_tokens=32, max_num_seqs=8, page_size=S, num_pages=P, max_pages=10,
                         query_block=4, pages_per_tile=2)
-    got, want, seq_of = _run(MIXED, layout, sliding_window=window)
+    got, want, seq_of = _run(MIXED, layout, sliding_window=window, kernel=kernel)
     np.testing.assert_allclose(got, want, atol=2e-5)
     assert np.all(got[seq_of < 0] == 0)  # pads
 
 
-def test_under_jit_one_compiled_shape_serves_different_lengths():
+@pytest.mark.parametrize("kernel", pa.KERNELS)
+def test_under_jit_one_compiled_shape_serves_different_lengths(kernel):
     layout = StepLayout(num_tokens=16, max_num_seqs=4, page_size=S, num_pages=P, max_pages=10,
                         query_block=4, pages_per_tile=1)
     for seed, spec in enumerate([[(0, 16)], [(3, 1), (38, 1), (0, 1)], [(10, 5), (2, 11)],
                                  [(39, 1)]]):
-        got, want, _ = _run(spec, layout, seed=seed, jit=True)
+        got, want, _ = _run(spec, layout, seed=seed, jit=True, kernel=kernel)
         np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def test_the_kernel_with_matrix_products_matches_the_xla_loop():
+    """Rows, page size and head size all >= 16: the kernel's matrix-product path (the one a GPU
+    takes for prompt chunks; decodes with few query heads per KV head take the other)."""
+    layout = StepLayout(num_tokens=64, max_num_seqs=6, page_size=16, num_pages=24, max_pages=6,
+                        query_block=16, pages_per_tile=2)
+    spec = [(40, 20), (0, 24), (75, 1), (16, 1), (33, 2)]
+    got, want, _ = _run(spec, layout, kernel="pallas", heads=(8, 2), head_dim=16, jit=True)
+    np.testing.assert_allclose(got, want, atol=3e-5)
+    xla, _, _ = _run(spec, layout, kernel="xla", heads=(8, 2), head_dim=16, jit=True)
+    np.testing.assert_allclose(got, xla, atol=3e-5)
+
+
+@settings(max_examples=8, deadline=None, derandomize=True)
+@given(spec=st.lists(st.tuples(st.integers(0, 30), st.integers(1, 6)), min_size=1, max_size=4),
+       window=st.sampled_from([None, 3, 9]), seed=st.integers(0, 2**16))
+def test_the_kernel_on_generated_batches_matches_a_per_sequence_loop(spec, window, seed):
+    """Random mixes of decodes and chunks, any past length (pages of 4, tiles of 2 pages); one
+    compiled step (a 24-token bucket) for every example."""
+    layout = StepLayout(num_tokens=24, max_num_seqs=4, page_size=S, num_pages=P, max_pages=10,
+                        query_block=4, pages_per_tile=2)
+    got, want, seq_of = _run(spec, layout, sliding_window=window, seed=seed, jit=True,
+                             kernel="pallas")
+    np.testing.assert_allclose(got, want, atol=2e-5)
+    assert np.all(got[seq_of < 0] == 0)
+
+
+def test_an_unknown_kernel_is_a_clear_error():
+    layout = StepLayout(num_tokens=8, max_num_seqs=2, page_size=S, num_pages=P, max_pages=4)
+    with pytest.raises(ValueError, match="unknown paged attention kernel 'triton'; available: "
+                                         "xla, pallas"):
+        _run([(3, 1)], layout, kernel="triton")
 
 
 def test_layout_packs_one_vector_and_rejects_overflow():

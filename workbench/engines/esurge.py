@@ -36,6 +36,8 @@ from workbench.engines.kv_budget import num_pages_for
 from workbench.engines.kv_cache_manager import KVCacheManager
 from workbench.engines.types import EngineError
 from workbench.loading.loader import LoadedModel
+from workbench.models import paged_attention_pallas
+from workbench.models.paged_attention import KERNELS
 from workbench.models.paged_kv_cache import PagedKVCache
 
 
@@ -54,7 +56,10 @@ class eSurge(BackgroundEngine):  # noqa: N801 - the engine's name
     compete; default a quarter of the budget), `max_num_partial_prefills` (long prompts
     prefilling at once), `max_waiting` (queued requests before 429s), `max_running_per_tenant`,
     `tenant_fair_share`, `compilation_cache` (a directory, or False; see
-    `workbench.compilation_cache`).
+    `workbench.compilation_cache`), `attention_kernel` (how attention reads the cached pages:
+    "xla", a loop over gathered tiles, everywhere; "pallas", a kernel that reads the pages in
+    place, compiled on a GPU and interpreted (slowly, for tests) on a CPU; see
+    `models/paged_attention_pallas.py`).
     """
 
     engine_name = "esurge"
@@ -66,8 +71,15 @@ class eSurge(BackgroundEngine):  # noqa: N801 - the engine's name
                  scheduling_policy: str = "fcfs", long_prefill_token_threshold: int | None = None,
                  max_num_partial_prefills: int = 1, max_waiting: int = 1024,
                  max_running_per_tenant: int | None = None, tenant_fair_share: bool = True,
-                 compilation_cache: str | bool | None = None):
+                 compilation_cache: str | bool | None = None, attention_kernel: str = "xla"):
         super().__init__(model, max_model_len=max_model_len)
+        if attention_kernel not in KERNELS:
+            raise ValueError(f"attention_kernel must be one of {', '.join(KERNELS)}, got "
+                             f"{attention_kernel!r}")
+        if attention_kernel == "pallas" and not paged_attention_pallas.supported():
+            raise ValueError(f"attention_kernel 'pallas' runs on a GPU (or interpreted on a CPU), "
+                             f"not on {jax.default_backend()!r}; use 'xla'")
+        self.attention_kernel = attention_kernel
         compile_cache.configure(compilation_cache)
         if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
             raise ValueError(f"page_size must be an int >= 1, got {page_size!r}")
@@ -93,7 +105,8 @@ class eSurge(BackgroundEngine):  # noqa: N801 - the engine's name
         self.runner = ESurgeRunner(model, num_pages=self.num_pages, page_size=page_size,
                                    max_num_seqs=self.max_num_seqs,
                                    max_model_len=self.max_model_len,
-                                   token_buckets=self.token_buckets)
+                                   token_buckets=self.token_buckets,
+                                   attention_kernel=attention_kernel)
         self._init_core(self._make_scheduler, self.runner)
 
     def _make_scheduler(self) -> ESurgeScheduler:

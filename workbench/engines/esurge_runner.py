@@ -51,7 +51,7 @@ class RowState:
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled(graphdef, backend: str):
+def _compiled(graphdef, backend: str, kernel: str):
     """The jitted step and row reset for one model structure (shared by eSurge instances)."""
 
     def step(params, cache, state: RowState, sampling: SamplingTensors, packed, *,
@@ -63,8 +63,8 @@ def _compiled(graphdef, backend: str):
         ids = jnp.where(a["from_device"] == 1, state.last_tokens[a["device_row"]],
                         a["token_ids"])  # [T]
         model = nnx.merge(graphdef, params)
-        hidden, cache = model(ids[None], a["positions"][None], cache.for_step(a["slots"], meta),
-                              backend=backend)  # [1, T, D]
+        cache = cache.for_step(a["slots"], meta, kernel)
+        hidden, cache = model(ids[None], a["positions"][None], cache, backend=backend)  # [1, T, D]
         last = hidden[0, a["sample_idx"]]  # [R, D] each chunk's last token
         rows = a["rows"]  # [R]; pads: M (clipped on gathers, dropped on scatters)
 
@@ -97,7 +97,8 @@ class ESurgeRunner:
     """See the module docstring."""
 
     def __init__(self, model: LoadedModel, *, num_pages: int, page_size: int, max_num_seqs: int,
-                 max_model_len: int, token_buckets: tuple[int, ...]):
+                 max_model_len: int, token_buckets: tuple[int, ...],
+                 attention_kernel: str = "xla"):
         self.model = model
         self.num_pages, self.page_size = num_pages, page_size
         self.max_num_seqs = max_num_seqs
@@ -110,7 +111,9 @@ class ESurgeRunner:
                                       query_block=QUERY_BLOCK,
                                       pages_per_tile=max(1, TILE_KEYS // page_size))
                         for T in self.token_buckets}
-        self.step_fn, self.set_row_fn = _compiled(model.graphdef, model.attention_backend)
+        self.attention_kernel = attention_kernel
+        self.step_fn, self.set_row_fn = _compiled(model.graphdef, model.attention_backend,
+                                                  attention_kernel)
         self.cache = self.state = None
         self._row_params: list = [None] * max_num_seqs
         self._row_seeds: list[int] = [0] * max_num_seqs

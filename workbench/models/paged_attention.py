@@ -30,7 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from workbench.models import paged_attention_pallas
+
 _NEG = -1e30
+KERNELS = ("xla", "pallas")
 # Steps of at most this many tokens attend lane P's chunks to their own tokens with one dense
 # masked [T, T] product instead of the loop over fresh tiles: on the CPU a 256-token prompt chunk
 # is 136 tiles of 16 x 16, nine loop iterations per layer whose fixed cost outweighs the
@@ -163,7 +166,7 @@ def _fresh_dense(lane: LaneTiles, q, k_new, v_new, positions, *, sliding_window,
 
 
 def _lane(lane: LaneTiles, q, k_new, v_new, positions, k_pages, v_pages, layer_base, *,
-          sliding_window, scale, fresh_is_self):
+          sliding_window, scale, fresh_is_self, kernel):
     """Attention output `[N, Qt, H, D]` of one lane's query blocks."""
     T, H, D = q.shape
     Hkv = k_new.shape[1]
@@ -196,7 +199,12 @@ def _lane(lane: LaneTiles, q, k_new, v_new, positions, k_pages, v_pages, layer_b
         mask = _visible(q_pos[blk], k_pos, sliding_window) & seen[:, None, :]
         return blk, _tile_stats(qb[blk], k, v, mask, scale)
 
-    acc = _loop(acc, lane.num_tiles, lane.chunk, past)
+    if kernel == "pallas":  # the same state, read from the pages in place
+        acc = _merge(acc, paged_attention_pallas.past_stats(
+            qb, q_pos, lane.ctx, lane.tile_pages, lane.tile_pos0, k_pages, v_pages, layer_base,
+            sliding_window=sliding_window, scale=scale))
+    else:
+        acc = _loop(acc, lane.num_tiles, lane.chunk, past)
     if not fresh_is_self and T <= DENSE_FRESH_MAX_TOKENS:
         acc = _merge(acc, _fresh_dense(lane, q, k_new, v_new, positions,
                                        sliding_window=sliding_window, scale=scale))
@@ -218,10 +226,15 @@ def _lane(lane: LaneTiles, q, k_new, v_new, positions, k_pages, v_pages, layer_b
 
 
 def paged_attention(q, k_new, v_new, positions, k_cache, v_cache, layer, meta: PagedAttentionMeta,
-                    *, sliding_window=None, scale=None):
+                    *, sliding_window=None, scale=None, kernel: str = "xla"):
     """Attention `[T, H, D]` of flat queries q `[T, H, D]` at `positions` `[T]` (-1 = pad) over
     the paged past of `layer` in `k_cache`/`v_cache` `[L, P, S, Hkv, D]` and the chunk's own keys
-    and values `[T, Hkv, D]`, as laid out by `meta` (see the module docstring). Pads give 0."""
+    and values `[T, Hkv, D]`, as laid out by `meta` (see the module docstring). Pads give 0.
+    `kernel`: how the cached past is read, one of `KERNELS`: "xla" (the tile loop above) or
+    "pallas" (`paged_attention_pallas`: pages read in place; GPU, or interpreted on a CPU)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown paged attention kernel {kernel!r}; available: "
+                         f"{', '.join(KERNELS)}")
     q, k_new, v_new, positions, k_cache, v_cache = (
         jnp.asarray(x) for x in (q, k_new, v_new, positions, k_cache, v_cache))
     T, H, D = q.shape
@@ -230,7 +243,8 @@ def paged_attention(q, k_new, v_new, positions, k_cache, v_cache, layer, meta: P
     k_pages = k_cache.reshape(L * P, S, Hkv, D)  # a free reshape: gathers index the whole cache
     v_pages = v_cache.reshape(L * P, S, Hkv, D)
     args = dict(q=q, k_new=k_new, v_new=v_new, positions=positions, k_pages=k_pages,
-                v_pages=v_pages, layer_base=layer * P, sliding_window=sliding_window, scale=scale)
+                v_pages=v_pages, layer_base=layer * P, sliding_window=sliding_window, scale=scale,
+                kernel=kernel)
     out = jnp.zeros((T, H, D), jnp.float32)
     d = _lane(meta.decode, fresh_is_self=True, **args)  # [ND, 1, H, D]
     out = out.at[meta.decode.tok.reshape(-1)].set(d.reshape(-1, H, D), mode="drop")

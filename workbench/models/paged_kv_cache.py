@@ -3,8 +3,9 @@
 Layout: keys and values `[L, P, S, Hkv, D]`, P pages of S positions (token-major inside a page,
 so a run of pages is one contiguous gather and a token's slot is `page * S + offset`). Which page
 holds what is host business (`engines/block_pool.py`); a step hands the cache its layout with
-`for_step`: the flat slot of every input token (written after the layer scan) and the attention
-tiles (`paged_attention.PagedAttentionMeta`). The forward pass runs on a flat batch `[1, T]`.
+`for_step`: the flat slot of every input token (written after the layer scan), the attention
+tiles (`paged_attention.PagedAttentionMeta`) and the kernel that reads the past ("xla" or
+"pallas"). The forward pass runs on a flat batch `[1, T]`.
 
 Implements the `KVCache` contract of `kv_cache.py`: `attend` is ragged paged attention over each
 sequence's own pages, `write` one scatter of the step's tokens into their slots. Sharded over KV
@@ -29,6 +30,8 @@ class PagedKVCache(KVCache):
     v: jnp.ndarray  # [L, P, S, Hkv, D]
     slots: jnp.ndarray | None = None  # [T] i32 flat slot of each input token (P*S: a pad)
     meta: PagedAttentionMeta | None = None
+    # how `attend` reads the cached past (`paged_attention.KERNELS`); set per step by `for_step`
+    kernel: str = dataclasses.field(default="xla", metadata=dict(static=True))
 
     @classmethod
     def create(cls, num_layers, num_pages, page_size, num_kv_heads, head_dim, dtype,
@@ -58,15 +61,16 @@ class PagedKVCache(KVCache):
     def page_size(self) -> int:
         return self.k.shape[2]
 
-    def for_step(self, slots: jnp.ndarray, meta: PagedAttentionMeta) -> "PagedKVCache":
-        return dataclasses.replace(self, slots=slots, meta=meta)
+    def for_step(self, slots: jnp.ndarray, meta: PagedAttentionMeta,
+                 kernel: str = "xla") -> "PagedKVCache":
+        return dataclasses.replace(self, slots=slots, meta=meta, kernel=kernel)
 
     def attend(self, layer, q, q_pos, fresh, *, backend, sliding_window):
         """q `[1, T, H, D]` (the flat batch), fresh keys/values `[1, Hkv, T, D]`."""
         k_new = fresh[0][0].transpose(1, 0, 2)  # [T, Hkv, D]
         v_new = fresh[1][0].transpose(1, 0, 2)
         out = paged_attention(q[0], k_new, v_new, q_pos[0], self.k, self.v, layer, self.meta,
-                              sliding_window=sliding_window)
+                              sliding_window=sliding_window, kernel=self.kernel)
         return out[None]
 
     def write(self, ks, vs, positions):
