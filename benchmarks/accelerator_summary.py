@@ -91,6 +91,7 @@ def summarize(out: str) -> dict:
                        "agrees with XLA", agree))
     s["layer_loop"] = _load(out, "layerloop.json")
     s["burst"] = _load(out, "burst.json")
+    s["burst_pallas"] = _load(out, "burst_pallas.json")
     s["bandwidth"] = bw
     s["checks"] = [{"what": w, "target": t, "met": m} for w, t, m in checks]
     return s

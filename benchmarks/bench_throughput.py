@@ -20,7 +20,8 @@ each output token once), and the largest vSurge / vInference ratio that work all
 
 How each engine receives requests:
 - esurge: like vsurge (`submit()` at arrival time), `max_num_seqs` = the slots, default token
-  budget, page pool from its default budget;
+  budget, page pool from its default budget; esurge-pallas: the same with
+  `attention_kernel="pallas"` (a GPU's kernel; interpreted, slowly, on a CPU);
 - vsurge / vsurge-interleaved: `submit()` at arrival time (32 decode slots, max_concurrent_prefill
   4); outputs are consumed by one asyncio loop that timestamps every delta;
 - vinference: static batches in arrival order, up to 32 per batch: whatever has arrived when the
@@ -57,7 +58,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common as C  # noqa: E402
 
-ALL_ENGINES = ("esurge", "vsurge", "vsurge-interleaved", "vinference", "transformers")
+ALL_ENGINES = ("esurge", "esurge-pallas", "vsurge", "vsurge-interleaved", "vinference",
+               "transformers")
 SCENARIOS = ("shared-prefix", "interference", "memory", "compile")
 
 
@@ -490,8 +492,11 @@ def main(argv=None):
             engines[name] = vSurge(lm, max_concurrent_decodes=args.slots,
                                    max_concurrent_prefill=4, max_model_len=model_len,
                                    interleaved_mode=name.endswith("interleaved")).start()
-    if "esurge" in args.engines:
-        engines["esurge"] = eSurge(lm, max_num_seqs=args.slots, max_model_len=model_len).start()
+    for name in ("esurge", "esurge-pallas"):
+        if name in args.engines:
+            engines[name] = eSurge(lm, max_num_seqs=args.slots, max_model_len=model_len,
+                                   attention_kernel="pallas" if name.endswith("pallas")
+                                   else "xla").start()
     if "vinference" in args.engines:
         engines["vinference"] = vInference(lm, max_batch_size=args.slots, max_model_len=model_len)
     warm_s: dict[str, float] = {}
@@ -502,7 +507,7 @@ def main(argv=None):
         with C.CompileProbe() as probe:
             if name.startswith("vsurge"):
                 info = engines[name].precompile(max_prompt_len=args.max_len)
-            elif name == "esurge":
+            elif name.startswith("esurge"):
                 info = engines[name].precompile()
                 info = f"{len(info['shapes'])} shapes"
             else:
@@ -537,7 +542,7 @@ def main(argv=None):
                 warm(name)
             C.log(f"{pattern}: {name} ...")
             with C.gc_paused(), C.CompileProbe() as probe:
-                if name == "esurge":
+                if name.startswith("esurge"):
                     engines[name].reset_prefix_cache()  # no reuse across runs
                     with S.PagePeak(engines[name]) as peak:
                         recs = run_vsurge(engines[name], w, params)
@@ -575,6 +580,7 @@ def main(argv=None):
     rows = []
     for pattern, _ in args.runs:
         for mine, peers in (("esurge", ("vsurge", "vinference", "transformers")),
+                            ("esurge-pallas", ("esurge", "vinference")),
                             ("vsurge", ("vinference", "transformers", "vsurge-interleaved"))):
             me = results.get((pattern, mine))
             for peer in peers:

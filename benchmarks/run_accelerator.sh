@@ -18,6 +18,7 @@
 #   warmstart   a second process with the persistent compilation cache: seconds to the first token
 #   layerloop   bench_layer_loop: scan vs unrolled layer loop at batch 1 / 64, compile by depth
 #   burst       bench_throughput: the 256-request burst, eSurge / vSurge / vInference
+#   burst_pallas  the same burst, eSurge with attention_kernel="pallas"
 set -u
 OUT=${OUT:-/tmp/bench-out}
 BUDGET_S=${BUDGET_S:-450}
@@ -98,6 +99,9 @@ step layerloop 120 $LL --batch-sizes 1,64 --depths 16,32 --width 512 --json "$OU
 BURST="$PY benchmarks/bench_throughput.py --random-config llama-1b --dtype bfloat16 --patterns burst --no-overhead --scenarios memory"
 step burst 150 $BURST --engines esurge,vsurge,vinference --num-requests 256 --slots 128 --json "$OUT/burst.json" \
     || step burst_small 70 $BURST --engines esurge,vinference --num-requests 64 --slots 64 --json "$OUT/burst.json"
+# the same burst through eSurge with the Pallas paged-attention kernel (its own step: a kernel that
+# does not lower on this card fails this step only)
+step burst_pallas 90 $BURST --engines esurge-pallas --num-requests 256 --slots 128 --json "$OUT/burst_pallas.json"
 
 $PY benchmarks/accelerator_summary.py "$OUT" | tee "$OUT/summary.txt"
 echo "total $(($(date +%s) - T0))s of a ${BUDGET_S}s budget"

@@ -20,7 +20,7 @@ def test_a_budget_too_small_for_any_step_skips_them_all_and_still_summarizes(tmp
     names = [line.split()[0] for line in steps]
     assert names == ["bandwidth", "generate", "generate_small", "pagedattn", "warmstart_cold",
                      "layerloop",
-                     "layerloop_small", "burst", "burst_small"]
+                     "layerloop_small", "burst", "burst_small", "burst_pallas"]
     assert all("skipped" in line for line in steps)
     assert json.loads((tmp_path / "summary.json").read_text())["checks"] == []
 
