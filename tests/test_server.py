@@ -409,6 +409,39 @@ def test_cli_serve_precompiles_before_serving(monkeypatch):
     assert text.index("Compiled in") < text.index("Serving ")
 
 
+def test_cli_serve_engine_args_reach_the_engine(monkeypatch):
+    """`--engine-arg` sets eSurge's knobs: with the priority policy a request's `priority` is
+    honoured (fcfs answers 400 for a non-default one)."""
+    with cli_serve(monkeypatch, "--engine", "esurge", "--max-model-len", "256",
+                   "--engine-arg", "scheduling_policy=priority",
+                   "--engine-arg", "max-num-seqs=4", "--engine-arg", "num_pages=64") as out:
+        assert "(esurge, scheduling_policy='priority', max_num_seqs=4, num_pages=64," \
+            in out.getvalue()
+        url = re.search(r"http://127\.0\.0\.1:\d+", out.getvalue()).group()
+        model = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
+        r = httpx.post(f"{url}/v1/completions", json={
+            "model": model, "prompt": "Hi", "max_tokens": 2, "priority": 3}, timeout=120)
+        assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("max_batch=4", "esurge has no knob 'max_batch'; its knobs are"),
+    ("max_num_seqs=many", "esurge knob 'max_num_seqs': 'many' is not an int"),
+    ("max_model_len=64", "set max_model_len with --max-model-len"),
+    ("page_size=0", "page_size must be an int >= 1"),
+])
+def test_cli_serve_bad_engine_args_exit_2_naming_them(monkeypatch, capsys, arg, message):
+    loads = []
+    monkeypatch.setattr(server_cli, "load_model",
+                        lambda source, dtype=None: loads.append(source) or embedded_model())
+    parser = argparse.ArgumentParser()
+    server_cli.add_serve_parser(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(["serve", "--port", "0", "--engine", "esurge", "--engine-arg", arg])
+    assert server_cli.run_serve(args) == 2
+    assert message in capsys.readouterr().err
+    assert loads == ([] if "page_size" not in arg else ["embedded"])  # parsed before the load
+
+
 def test_cli_unavailable_engine(monkeypatch, capsys):
     def missing(name):
         raise ImportError("the vsurge engine is not available in this install")

@@ -9,12 +9,19 @@ engine is registered once (add it to `ENGINES`).
   model (what a UI offers as knobs).
 - `check_knobs(kind, knobs)`: ValueError naming an unknown knob (and the valid ones) or a value
   of the wrong type. Ranges are validated by the engine's constructor itself.
+- `parse_knob(kind, "name=value") -> (name, value)`: one knob from a command line (`workbench
+  serve --engine-arg`), the value read by the types the constructor declares for it (`int |
+  None`: a number or `none`; a bool: true/false/yes/no/on/off; a tuple: comma-separated ints;
+  a str: the text). Dashes in the name read as underscores (`max-num-seqs=16`). ValueError
+  names the knob and what it takes.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import types
+import typing
 from typing import Any
 
 # name -> "module:Class"
@@ -66,3 +73,75 @@ def check_knobs(kind: str, knobs: dict[str, Any]) -> None:
         if not ok:
             raise ValueError(f"{kind} knob {name!r} must be a {type(default).__name__} like its "
                              f"default {default!r}, got {value!r}")
+
+
+_TRUE, _FALSE = ("true", "yes", "on"), ("false", "no", "off")
+_NAMES = {bool: "a bool (true/false)", int: "an int", float: "a number", str: "text",
+          tuple: "comma-separated ints"}
+
+
+def _knob_types(kind: str) -> dict[str, tuple[type, ...]]:
+    """Each knob's accepted types, from the constructor's annotations (`int | None` ->
+    (int, NoneType)), or the default's type where there is no annotation."""
+    init = engine_class(kind).__init__
+    try:
+        hints = typing.get_type_hints(init)
+    except Exception:  # noqa: BLE001 - an annotation that cannot be evaluated: use defaults
+        hints = {}
+    out = {}
+    for name, default in engine_knobs(kind).items():
+        hint = hints.get(name)
+        args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union,
+                                                                     types.UnionType) else ()
+        found = tuple(typing.get_origin(a) or a for a in args) if args else (
+            (typing.get_origin(hint) or hint,) if hint is not None else (type(default),))
+        out[name] = found
+    return out
+
+
+def _read(raw: str, kinds: tuple[type, ...]) -> Any:
+    low = raw.lower()
+    if type(None) in kinds and low in ("none", "null"):
+        return None
+    for t in (bool, int, float, tuple, str):  # the most specific reading first
+        if t not in kinds:
+            continue
+        if t is bool and low in _TRUE + _FALSE:
+            return low in _TRUE
+        if t is bool and low in ("1", "0") and int not in kinds:
+            return low == "1"
+        if t is int:
+            try:
+                return int(raw)
+            except ValueError:
+                pass
+        if t is float:
+            try:
+                return float(raw)
+            except ValueError:
+                pass
+        if t is tuple:
+            try:
+                return tuple(int(x) for x in raw.split(","))
+            except ValueError:
+                pass
+        if t is str:
+            return raw
+    raise ValueError(" or ".join(_NAMES.get(t, t.__name__) for t in kinds
+                                 if t is not type(None)))
+
+
+def parse_knob(kind: str, text: str) -> tuple[str, Any]:
+    """See the module docstring."""
+    name, sep, raw = text.partition("=")
+    name = name.strip().replace("-", "_")
+    if not sep or not name:
+        raise ValueError(f"an engine argument looks like name=value, got {text!r}")
+    known = _knob_types(kind)
+    if name not in known:
+        raise ValueError(f"{kind} has no knob {name!r}; its knobs are {', '.join(sorted(known))}")
+    raw = raw.strip()
+    try:
+        return name, _read(raw, known[name])
+    except ValueError as exc:
+        raise ValueError(f"{kind} knob {name!r}: {raw!r} is not {exc}") from None

@@ -44,6 +44,12 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="default: float32 on CPU, bfloat16 on accelerators")
     p.add_argument("--served-model-name", default=None,
                    help="the name clients send as 'model' (default: the model's name)")
+    p.add_argument("--engine-arg", action="append", default=[], metavar="NAME=VALUE",
+                   help="an engine knob, repeatable: the keyword arguments of the engine's "
+                        "constructor, e.g. --engine-arg scheduling_policy=priority "
+                        "--engine-arg max_num_seqs=16 (eSurge), --engine-arg "
+                        "max_concurrent_decodes=8 (vSurge), --engine-arg max_batch_size=8 "
+                        "(vInference); an unknown name lists the engine's knobs")
     p.add_argument("--precompile", action="store_true",
                    help="compile the engine's shapes before accepting requests (vsurge: every "
                         "shape it can dispatch, so no request waits for the compiler; minutes "
@@ -101,6 +107,18 @@ def engine_class(name: str) -> type:
         raise ImportError(str(exc)) from exc
 
 
+def engine_args(kind: str, texts: list[str]) -> dict[str, Any]:
+    """`--engine-arg NAME=VALUE` options as the engine's keyword arguments (checked before the
+    model loads: a typo costs no load); ValueError naming the bad one."""
+    from workbench.engines.catalog import check_knobs, parse_knob
+
+    knobs = dict(parse_knob(kind, text) for text in texts)
+    if "max_model_len" in knobs:
+        raise ValueError("set max_model_len with --max-model-len, not --engine-arg")
+    check_knobs(kind, knobs)
+    return knobs
+
+
 def curl_example(url: str, model: str, api_key: str | None) -> str:
     body = {"model": model, "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32}
     parts = [f"curl {url}/v1/chat/completions", "-H 'Content-Type: application/json'"]
@@ -131,6 +149,7 @@ def run_serve(args: argparse.Namespace, *, stop: threading.Event | None = None,
         return 2
     distributed = getattr(args, "distributed", False)
     try:
+        knobs = engine_args(args.engine, getattr(args, "engine_arg", None) or [])
         if distributed:
             if args.engine not in ("vinference", "vsurge") or getattr(args, "precompile", False):
                 raise ValueError("--distributed runs vinference or vsurge, without --precompile")
@@ -138,8 +157,8 @@ def run_serve(args: argparse.Namespace, *, stop: threading.Event | None = None,
             model = load_model(args.model, dtype=args.dtype, mesh=mesh)
         else:
             model = load_model(args.model, dtype=args.dtype)
-        engine = cls(model, max_model_len=args.max_model_len)
-    except (ValueError, OSError) as exc:  # unknown source, offline hub id, bad length
+        engine = cls(model, max_model_len=args.max_model_len, **knobs)
+    except (ValueError, OSError) as exc:  # unknown source, offline hub id, bad length or knob
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if distributed:
@@ -164,7 +183,8 @@ def run_serve(args: argparse.Namespace, *, stop: threading.Event | None = None,
         print(f"error: {exc}", file=sys.stderr)
         engine.close()
         return 2
-    print(f"Serving {name} ({args.engine}, max_model_len {engine.max_model_len}) at "
+    settings = "".join(f", {k}={v!r}" for k, v in knobs.items())
+    print(f"Serving {name} ({args.engine}{settings}, max_model_len {engine.max_model_len}) at "
           f"{handle.public_url}\nTry:\n{curl_example(handle.url, name, args.api_key)}\n"
           "Press Ctrl-C to stop.", file=out, flush=True)
     stop = stop or threading.Event()

@@ -1,0 +1,46 @@
+"""The engine catalog's knobs from a command line (`workbench serve --engine-arg NAME=VALUE`)."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from workbench.engines.catalog import check_knobs, engine_kinds, engine_knobs, parse_knob
+
+
+def test_values_are_read_by_the_type_of_the_knobs_default():
+    assert parse_knob("esurge", "scheduling_policy=priority") == ("scheduling_policy", "priority")
+    assert parse_knob("esurge", "max-num-seqs=16") == ("max_num_seqs", 16)  # dashes read as _
+    assert parse_knob("esurge", "enable_prefix_caching=false") == ("enable_prefix_caching", False)
+    assert parse_knob("esurge", "enable_prefix_caching=Yes") == ("enable_prefix_caching", True)
+    assert parse_knob("esurge", "kv_cache_memory=512MiB") == ("kv_cache_memory", "512MiB")
+    assert parse_knob("esurge", "kv_cache_fraction=0.5") == ("kv_cache_fraction", 0.5)
+    assert parse_knob("esurge", "num_pages=none") == ("num_pages", None)
+    assert parse_knob("esurge", "compilation_cache=false") == ("compilation_cache", False)
+    assert parse_knob("vinference", "prefill_buckets=32,64,128") == ("prefill_buckets",
+                                                                      (32, 64, 128))
+    assert parse_knob("vsurge", "interleaved_mode=true") == ("interleaved_mode", True)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("max_num_seqs", "looks like name=value, got 'max_num_seqs'"),
+    ("=3", "looks like name=value"),
+    ("max_batch=4", "esurge has no knob 'max_batch'; its knobs are .*max_num_seqs"),
+    ("max_num_seqs=lots", "esurge knob 'max_num_seqs': 'lots' is not an int"),
+    ("enable_prefix_caching=maybe", "'maybe' is not a bool"),
+    ("kv_cache_fraction=half", "'half' is not a number"),
+])
+def test_bad_engine_arguments_name_the_problem(text, match):
+    with pytest.raises(ValueError, match=match):
+        parse_knob("esurge", text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(kind=st.sampled_from(engine_kinds()), text=st.text(max_size=40))
+def test_any_text_parses_or_is_a_value_error_and_parsed_knobs_pass_the_type_check(kind, text):
+    names = sorted(engine_knobs(kind))
+    for candidate in (text, f"{names[len(text) % len(names)]}={text}"):
+        try:
+            name, value = parse_knob(kind, candidate)
+        except ValueError:
+            continue
+        check_knobs(kind, {name: value})  # what parses has the default's type
