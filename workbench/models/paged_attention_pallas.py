@@ -13,9 +13,15 @@ softmax state `paged_attention`'s XLA loop produces, so the two paths share the 
 
 Lowering: written to the Triton-backed Pallas GPU rules (power-of-two block shapes; a matrix
 product only where every dimension is >= 16, else a broadcast multiply and a sum, which decode's
-few rows per head make memory-bound anyway; scalars read from whole-array refs). On a CPU it runs
-in Pallas' interpreter (tests: equal to the XLA path); on a TPU, where Mosaic wants scalar
+few rows per head make memory-bound anyway; on a GPU the rows are padded to 16 so that pages of
+>= 16 positions always take the product; scalars read from whole-array refs). On a CPU the kernel
+runs in Pallas' interpreter (tests: equal to the XLA path); on a TPU, where Mosaic wants scalar
 prefetch and memory spaces instead, `paged_attention` keeps the XLA loop.
+
+JAX's own `pallas.ops.gpu.paged_attention` was the other candidate: it takes one query per
+sequence, head-major pages `[Hkv, P, S, D]` (this cache is `[L, P, S, Hkv, D]`), no sliding
+window, and returns finished outputs, not the softmax state that merging a prompt chunk's own
+tokens needs.
 """
 
 from __future__ import annotations
@@ -98,7 +104,11 @@ def past_stats(qb, q_pos, ctx, tile_pages, tile_pos0, k_pages, v_pages, layer_ba
     N, Qt, Hkv, G, D = qb.shape
     K = tile_pages.shape[1]
     S = k_pages.shape[1]
-    R, Rp = Qt * G, _pow2(Qt * G)
+    # rows padded to a power of two; on a GPU to >= 16 as well where pages and heads allow a
+    # matrix product (tensor cores; decode's spare rows cost nothing in a memory-bound loop)
+    R = Qt * G
+    gpu_dot = jax.default_backend() != "cpu" and min(S, D) >= 16
+    Rp = max(_pow2(R), 16) if gpu_dot else _pow2(R)
     q = qb.transpose(0, 2, 1, 3, 4).reshape(N, Hkv, R, D)  # row r = (query r // G, head r % G)
     q = jnp.pad(q, ((0, 0), (0, 0), (0, Rp - R), (0, 0)))
     rows_pos = jnp.pad(jnp.repeat(q_pos, G, axis=1), ((0, 0), (0, Rp - R)), constant_values=-1)
