@@ -25,9 +25,9 @@ def test_values_are_read_by_the_type_of_the_knobs_default():
     ("max_num_seqs", "looks like name=value, got 'max_num_seqs'"),
     ("=3", "looks like name=value"),
     ("max_batch=4", "esurge has no knob 'max_batch'; its knobs are .*max_num_seqs"),
-    ("max_num_seqs=lots", "esurge knob 'max_num_seqs': 'lots' is not an int"),
-    ("enable_prefix_caching=maybe", "'maybe' is not a bool"),
-    ("kv_cache_fraction=half", "'half' is not a number"),
+    ("max_num_seqs=lots", "esurge knob 'max_num_seqs' must be an integer, got 'lots'"),
+    ("enable_prefix_caching=maybe", "must be true or false, got 'maybe'"),
+    ("kv_cache_fraction=half", "must be a number, got 'half'"),
 ])
 def test_bad_engine_arguments_name_the_problem(text, match):
     with pytest.raises(ValueError, match=match):

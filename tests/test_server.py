@@ -426,7 +426,7 @@ def test_cli_serve_engine_args_reach_the_engine(monkeypatch):
 
 @pytest.mark.parametrize("arg, message", [
     ("max_batch=4", "esurge has no knob 'max_batch'; its knobs are"),
-    ("max_num_seqs=many", "esurge knob 'max_num_seqs': 'many' is not an int"),
+    ("max_num_seqs=many", "esurge knob 'max_num_seqs' must be an integer, got 'many'"),
     ("max_model_len=64", "set max_model_len with --max-model-len"),
     ("page_size=0", "page_size must be an int >= 1"),
 ])

@@ -8,8 +8,9 @@ bad value raises ValueError naming the field, which the view shows in the page.
 - `sampling_params(values) -> SamplingParams`: a dict of form values (missing -> default; "" in a
   text field -> default; stop strings one per line; seed "" -> None) validated by SamplingParams.
 - `knob_fields(kind) -> list[(name, default)]`: an engine kind's constructor knobs.
-- `parse_knobs(kind, texts) -> dict`: text-box values -> typed knobs (ints, floats, bools,
-  comma-separated int tuples for bucket lists); empty means "engine default".
+- `parse_knobs(kind, texts) -> dict`: text-box values -> typed knobs, read by each knob's
+  declared types (`catalog.parse_knob_value`: ints, numbers, true/false, comma-separated int
+  tuples for bucket lists, text); empty means "engine default".
 - `parse_prompts(text) -> list[str]`: one prompt per non-empty line.
 """
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from workbench.engines.catalog import engine_knobs
+from workbench.engines.catalog import engine_knobs, parse_knob_value
 from workbench.sampling_params import SamplingParams
 
 # name: (default, kind, (low, high) for numbers / None)
@@ -72,39 +73,6 @@ def knob_fields(kind: str) -> list[tuple[str, Any]]:
     return list(engine_knobs(kind).items())
 
 
-def _parse_one(kind: str, name: str, text: str, default: Any) -> Any:
-    t = text.strip()
-    what = f"{kind} knob {name!r}"
-    if isinstance(default, bool):
-        if t.lower() in ("true", "yes", "1", "on"):
-            return True
-        if t.lower() in ("false", "no", "0", "off"):
-            return False
-        raise ValueError(f"{what} must be true or false, got {t!r}")
-    if isinstance(default, int):
-        try:
-            return int(t)
-        except ValueError:
-            raise ValueError(f"{what} must be an integer, got {t!r}") from None
-    if isinstance(default, float):
-        try:
-            return float(t)
-        except ValueError:
-            raise ValueError(f"{what} must be a number, got {t!r}") from None
-    if isinstance(default, str):
-        return t
-    # default None: an int, a tuple of ints ("16, 32, 64"), or a word
-    if "," in t:
-        try:
-            return tuple(int(x) for x in t.split(",") if x.strip())
-        except ValueError:
-            raise ValueError(f"{what} must be comma-separated integers, got {t!r}") from None
-    try:
-        return int(t)
-    except ValueError:
-        return t
-
-
 def parse_knobs(kind: str, texts: Mapping[str, Any]) -> dict[str, Any]:
     """Text-box values -> typed knobs; empty (or None) keeps the engine's default."""
     fields = dict(knob_fields(kind))
@@ -115,7 +83,7 @@ def parse_knobs(kind: str, texts: Mapping[str, Any]) -> dict[str, Any]:
         if value is None or (isinstance(value, str) and not value.strip()):
             continue
         if isinstance(value, str):
-            value = _parse_one(kind, name, value, fields[name])
+            value = parse_knob_value(kind, name, value)
         out[name] = value
     return out
 

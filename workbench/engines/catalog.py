@@ -10,7 +10,8 @@ engine is registered once (add it to `ENGINES`).
 - `check_knobs(kind, knobs)`: ValueError naming an unknown knob (and the valid ones) or a value
   of the wrong type. Ranges are validated by the engine's constructor itself.
 - `parse_knob(kind, "name=value") -> (name, value)`: one knob from a command line (`workbench
-  serve --engine-arg`), the value read by the types the constructor declares for it (`int |
+  serve --engine-arg`); `parse_knob_value(kind, name, text)` its value alone (the UI's knob
+  boxes). The value is read by the types the constructor declares for it (`int |
   None`: a number or `none`; a bool: true/false/yes/no/on/off; a tuple: comma-separated ints;
   a str: the text). Dashes in the name read as underscores (`max-num-seqs=16`). ValueError
   names the knob and what it takes.
@@ -76,8 +77,8 @@ def check_knobs(kind: str, knobs: dict[str, Any]) -> None:
 
 
 _TRUE, _FALSE = ("true", "yes", "on"), ("false", "no", "off")
-_NAMES = {bool: "a bool (true/false)", int: "an int", float: "a number", str: "text",
-          tuple: "comma-separated ints"}
+_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "text",
+          tuple: "comma-separated integers"}
 
 
 def _knob_types(kind: str) -> dict[str, tuple[type, ...]]:
@@ -122,7 +123,7 @@ def _read(raw: str, kinds: tuple[type, ...]) -> Any:
                 pass
         if t is tuple:
             try:
-                return tuple(int(x) for x in raw.split(","))
+                return tuple(int(x) for x in raw.split(",") if x.strip())
             except ValueError:
                 pass
         if t is str:
@@ -131,17 +132,23 @@ def _read(raw: str, kinds: tuple[type, ...]) -> Any:
                                  if t is not type(None)))
 
 
+def parse_knob_value(kind: str, name: str, text: str) -> Any:
+    """One knob's value from text (a command line, a UI text box), read by its declared types;
+    ValueError naming the knob and what it takes."""
+    known = _knob_types(kind)
+    if name not in known:
+        raise ValueError(f"{kind} has no knob {name!r}; its knobs are {', '.join(sorted(known))}")
+    raw = text.strip()
+    try:
+        return _read(raw, known[name])
+    except ValueError as exc:
+        raise ValueError(f"{kind} knob {name!r} must be {exc}, got {raw!r}") from None
+
+
 def parse_knob(kind: str, text: str) -> tuple[str, Any]:
     """See the module docstring."""
     name, sep, raw = text.partition("=")
     name = name.strip().replace("-", "_")
     if not sep or not name:
         raise ValueError(f"an engine argument looks like name=value, got {text!r}")
-    known = _knob_types(kind)
-    if name not in known:
-        raise ValueError(f"{kind} has no knob {name!r}; its knobs are {', '.join(sorted(known))}")
-    raw = raw.strip()
-    try:
-        return name, _read(raw, known[name])
-    except ValueError as exc:
-        raise ValueError(f"{kind} knob {name!r}: {raw!r} is not {exc}") from None
+    return name, parse_knob_value(kind, name, raw)
