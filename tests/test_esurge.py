@@ -1,7 +1,9 @@
 """eSurge's engine surface: compile budget and precompile, page map, timeline, metrics,
 prefix-cache controls, priorities, knobs, lifecycle (tiny random model)."""
 
+import dataclasses
 import threading
+import types
 
 import jax.monitoring
 import pytest
@@ -154,6 +156,9 @@ def test_knobs_are_validated_with_clear_errors(lm):
                        "attention_kernel must be one of xla, pallas, got 'triton'")]:
         with pytest.raises(ValueError, match=match):
             eSurge(lm, max_model_len=128, **kw)
+    sharded = dataclasses.replace(lm, mesh=types.SimpleNamespace(size=2))
+    with pytest.raises(ValueError, match="'pallas' runs on one device; this model is sharded"):
+        eSurge(sharded, max_model_len=128, attention_kernel="pallas")
     eng = eSurge(lm, max_model_len=128, kv_cache_memory="1MiB", page_size=8)
     per_page = 2 * 2 * 8 * 2 * 16 * 4  # k and v, layers, positions, heads, dim, float32
     assert eng.num_pages == (1 << 20) // per_page and eng.kv_cache_bytes() <= 1 << 20

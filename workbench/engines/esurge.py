@@ -79,6 +79,9 @@ class eSurge(BackgroundEngine):  # noqa: N801 - the engine's name
         if attention_kernel == "pallas" and not paged_attention_pallas.supported():
             raise ValueError(f"attention_kernel 'pallas' runs on a GPU (or interpreted on a CPU), "
                              f"not on {jax.default_backend()!r}; use 'xla'")
+        if attention_kernel == "pallas" and model.mesh is not None and model.mesh.size > 1:
+            raise ValueError("attention_kernel 'pallas' runs on one device; this model is "
+                             f"sharded over {model.mesh.size} (use 'xla')")
         self.attention_kernel = attention_kernel
         compile_cache.configure(compilation_cache)
         if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
