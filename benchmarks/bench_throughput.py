@@ -507,6 +507,8 @@ def main(argv=None):
         with C.CompileProbe() as probe:
             if name.startswith("vsurge"):
                 info = engines[name].precompile(max_prompt_len=args.max_len)
+                info = f"{len(info['shapes'])} shapes ({info['prefill']} prefill, " \
+                       f"{info['decode']} decode)"
             elif name.startswith("esurge"):
                 info = engines[name].precompile()
                 info = f"{len(info['shapes'])} shapes"
