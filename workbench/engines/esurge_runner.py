@@ -111,7 +111,6 @@ class ESurgeRunner:
                                       query_block=QUERY_BLOCK,
                                       pages_per_tile=max(1, TILE_KEYS // page_size))
                         for T in self.token_buckets}
-        self.attention_kernel = attention_kernel
         self.step_fn, self.set_row_fn = _compiled(model.graphdef, model.attention_backend,
                                                   attention_kernel)
         self.cache = self.state = None
