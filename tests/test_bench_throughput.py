@@ -31,6 +31,9 @@ def test_work_bound_counts_static_batches_and_best_continuous_batching():
     assert b["compute_bound"] == pytest.approx(vi / vs)
     exact = 16 * (layer + head) + 38 * layer + 4 * head
     assert b["compute_bound_unpadded"] == pytest.approx(vi / exact)
+    # eSurge against vSurge: the same decode work, prefills unpadded against padded
+    assert b["esurge_vs_vsurge"] == pytest.approx(vs / exact)
+    assert b["esurge_vs_vsurge"] == pytest.approx(b["compute_bound_unpadded"] / b["compute_bound"])
 
 
 def test_equal_outputs_leave_continuous_batching_nothing_to_win_in_decode():
