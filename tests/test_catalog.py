@@ -1,5 +1,6 @@
 """The engine catalog's knobs from a command line (`workbench serve --engine-arg NAME=VALUE`)."""
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -44,3 +45,44 @@ def test_any_text_parses_or_is_a_value_error_and_parsed_knobs_pass_the_type_chec
         except ValueError:
             continue
         check_knobs(kind, {name: value})  # what parses has the default's type
+
+
+@pytest.mark.parametrize("kind", engine_kinds())
+def test_every_default_has_a_declared_type(kind):
+    check_knobs(kind, engine_knobs(kind))  # annotations and defaults agree
+
+
+@pytest.mark.parametrize("kind, knobs, match", [
+    ("esurge", {"num_pages": "many"}, "esurge knob 'num_pages' must be an integer or none, got 'many'"),
+    ("esurge", {"max_num_seqs": True}, "knob 'max_num_seqs' must be an integer or none, got True"),
+    ("esurge", {"kv_cache_fraction": "half"}, "must be a number or none"),
+    ("esurge", {"compilation_cache": 3}, "must be text or true or false or none, got 3"),
+    ("vinference", {"prefill_buckets": "32,64"}, "must be comma-separated integers or none"),
+    ("vsurge", {"interleaved_mode": 1}, "must be true or false, got 1"),
+])
+def test_check_knobs_reads_the_declared_types_including_none_defaults(kind, knobs, match):
+    with pytest.raises(ValueError, match=match):
+        check_knobs(kind, knobs)
+
+
+def test_check_knobs_accepts_what_the_declared_types_allow():
+    check_knobs("esurge", {"num_pages": None, "max_num_seqs": np.int64(8),
+                           "kv_cache_fraction": 1, "kv_cache_memory": "1GiB",
+                           "compilation_cache": False})
+    check_knobs("vinference", {"prefill_buckets": [32, 64], "batch_buckets": (1, 8)})
+
+
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
+                    st.text(max_size=8), st.lists(st.integers(), max_size=3),
+                    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+
+
+@settings(max_examples=200, deadline=None)
+@given(kind=st.sampled_from(engine_kinds()), data=st.data())
+def test_any_value_passes_or_is_a_value_error_naming_the_knob(kind, data):
+    name = data.draw(st.sampled_from(sorted(engine_knobs(kind))))
+    value = data.draw(_VALUES)
+    try:
+        check_knobs(kind, {name: value})
+    except ValueError as e:
+        assert f"knob {name!r} must be" in str(e)

@@ -144,7 +144,7 @@ def test_bench_direct_and_http(wb):
 @pytest.mark.parametrize("args, kwargs, match", [
     (("x", "nosuch"), {}, "unknown engine kind"),
     (("x", "vsurge"), {"max_slots": 4}, "no knob 'max_slots'"),
-    (("x", "vsurge"), {"max_concurrent_decodes": "8"}, "must be a int"),
+    (("x", "vsurge"), {"max_concurrent_decodes": "8"}, "must be an integer, got '8'"),
     (("x", "vsurge"), {"max_concurrent_decodes": 0}, "decode slots must be >= 1"),
     (("x", "vinference"), {"max_model_len": 0}, "max_model_len must be an integer >= 2"),
     (("x", "vinference"), {"streaming_chunk": True}, "streaming_chunk"),

@@ -8,7 +8,8 @@ engine is registered once (add it to `ENGINES`).
 - `engine_knobs(kind) -> dict[str, default]`: the keyword arguments its constructor takes after the
   model (what a UI offers as knobs).
 - `check_knobs(kind, knobs)`: ValueError naming an unknown knob (and the valid ones) or a value
-  of the wrong type. Ranges are validated by the engine's constructor itself.
+  of none of the types the constructor declares for it (the same types `parse_knob` reads
+  text by). Ranges are validated by the engine's constructor itself.
 - `parse_knob(kind, "name=value") -> (name, value)`: one knob from a command line (`workbench
   serve --engine-arg`); `parse_knob_value(kind, name, text)` its value alone (the UI's knob
   boxes). The value is read by the types the constructor declares for it (`int |
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import numbers
 import types
 import typing
 from typing import Any
@@ -52,33 +54,44 @@ def engine_knobs(kind: str) -> dict[str, Any]:
 
 
 def check_knobs(kind: str, knobs: dict[str, Any]) -> None:
-    """Unknown knobs, and values whose type differs from the default's (a bool where the
-    default is a bool, an int where it is an int, ...), raise ValueError naming the knob."""
-    valid = engine_knobs(kind)
-    unknown = sorted(set(knobs) - set(valid))
+    """Unknown knobs, and values of none of the types the constructor declares for the knob
+    (`_knob_types`: `int | None` takes an int or None, never a bool; a float knob takes an int
+    too; a tuple knob a list too), raise ValueError naming the knob and what it takes."""
+    types_of = _knob_types(kind)
+    unknown = sorted(set(knobs) - set(types_of))
     if unknown:
         raise ValueError(f"{kind} has no knob {unknown[0]!r}; its knobs are "
-                         f"{', '.join(sorted(valid))}")
+                         f"{', '.join(sorted(types_of))}")
     for name, value in knobs.items():
-        default = valid[name]
-        if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif isinstance(default, float):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        elif isinstance(default, str):
-            ok = isinstance(value, str)
-        else:  # None default: the constructor checks the value
-            ok = True
-        if not ok:
-            raise ValueError(f"{kind} knob {name!r} must be a {type(default).__name__} like its "
-                             f"default {default!r}, got {value!r}")
+        kinds = types_of[name]
+        if not any(_is(value, t) for t in kinds):
+            raise ValueError(f"{kind} knob {name!r} must be {_describe(kinds)}, got {value!r}")
+
+
+def _is(value: Any, t: type) -> bool:
+    """Whether `value` may be passed where the constructor declares `t`."""
+    if t is type(None):
+        return value is None
+    if t is bool:
+        return isinstance(value, bool)
+    if t is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if t is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if t is tuple:
+        return isinstance(value, (tuple, list))
+    if isinstance(t, type):
+        return isinstance(value, t)
+    return True  # an annotation that is not a class: the constructor checks the value
 
 
 _TRUE, _FALSE = ("true", "yes", "on"), ("false", "no", "off")
 _NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "text",
-          tuple: "comma-separated integers"}
+          tuple: "comma-separated integers", type(None): "none"}
+
+
+def _describe(kinds: tuple[type, ...]) -> str:
+    return " or ".join(_NAMES.get(t, getattr(t, "__name__", str(t))) for t in kinds)
 
 
 def _knob_types(kind: str) -> dict[str, tuple[type, ...]]:
@@ -128,8 +141,7 @@ def _read(raw: str, kinds: tuple[type, ...]) -> Any:
                 pass
         if t is str:
             return raw
-    raise ValueError(" or ".join(_NAMES.get(t, t.__name__) for t in kinds
-                                 if t is not type(None)))
+    raise ValueError(_describe(tuple(t for t in kinds if t is not type(None))))
 
 
 def parse_knob_value(kind: str, name: str, text: str) -> Any:
