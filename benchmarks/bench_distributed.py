@@ -76,7 +76,7 @@ def measure(args, distributed_run: bool) -> dict | None:
         out[name] = row
     if distributed_run:  # the bare cost of one message (one 512-byte broadcast), both processes
         channel = distributed.StepChannel()
-        mask = [True] * args.requests
+        mask = channel.encode([True] * args.requests) if leader else b""
         for _ in range(5):
             channel._exchange(distributed.Op.SYNC, mask)
         t0 = time.perf_counter()

@@ -64,10 +64,15 @@ class StepChannel:
 
         return np.asarray(multihost_utils.broadcast_one_to_all(x))
 
-    def _exchange(self, op: Op, payload: Any) -> tuple[Op, Any]:
-        """One broadcast of a fixed-size frame [op, num_bytes, first bytes of the payload]; a
-        second one, padded to a power-of-two bucket, only for a payload that does not fit."""
-        data = b"" if payload is None else pickle.dumps(payload, protocol=5)
+    @staticmethod
+    def encode(payload: Any) -> bytes:
+        """A payload as `_exchange` sends it (empty for None)."""
+        return b"" if payload is None else pickle.dumps(payload, protocol=5)
+
+    def _exchange(self, op: Op, data: bytes) -> tuple[Op, Any]:
+        """One broadcast of a fixed-size frame [op, num_bytes, first bytes of `data`, the
+        leader's encoded payload; followers pass b""]; a second one, padded to a power-of-two
+        bucket, only for a payload that does not fit. Returns (op, decoded payload)."""
         frame = np.zeros(FRAME_BYTES, np.uint8)
         if self.leader:
             frame[:16] = np.array([int(op), len(data)], np.int64).view(np.uint8)
@@ -108,14 +113,15 @@ class StepChannel:
         `then`, the device call they mirror, and return its result. The device call has its own,
         longer limit (`device_timeout`): its first run of a shape includes compilation."""
         assert self.leader, "only the leader sends"
-        self.guarded(lambda: self._exchange(op, payload))
-        self.sizes.append(len(pickle.dumps(payload, protocol=5)) if payload is not None else 0)
+        data = self.encode(payload)  # pickled once: sent, and its size recorded
+        self.guarded(lambda: self._exchange(op, data))
+        self.sizes.append(len(data))
         return None if then is None else self.guarded(then, self.device_timeout)
 
     def receive(self) -> tuple[Op, Any]:
         """Follower: the next (op, payload) from the leader (blocks)."""
         assert not self.leader, "the leader does not receive"
-        return self._exchange(Op.STOP, None)
+        return self._exchange(Op.STOP, b"")
 
     def close(self) -> None:
         """Leader: tell the followers to return from `follow`."""
