@@ -53,12 +53,12 @@ def test_every_default_has_a_declared_type(kind):
 
 
 @pytest.mark.parametrize("kind, knobs, match", [
-    ("esurge", {"num_pages": "many"}, "esurge knob 'num_pages' must be an integer or none, got 'many'"),
-    ("esurge", {"max_num_seqs": True}, "knob 'max_num_seqs' must be an integer or none, got True"),
-    ("esurge", {"kv_cache_fraction": "half"}, "must be a number or none"),
-    ("esurge", {"compilation_cache": 3}, "must be text or true or false or none, got 3"),
-    ("vinference", {"prefill_buckets": "32,64"}, "must be comma-separated integers or none"),
-    ("vsurge", {"interleaved_mode": 1}, "must be true or false, got 1"),
+    ("esurge", {"num_pages": "many"}, "esurge knob 'num_pages' must be an integer or None, got 'many'"),
+    ("esurge", {"max_num_seqs": True}, "knob 'max_num_seqs' must be an integer or None, got True"),
+    ("esurge", {"kv_cache_fraction": "half"}, "must be a number or None"),
+    ("esurge", {"compilation_cache": 3}, "must be a string or a bool or None, got 3"),
+    ("vinference", {"prefill_buckets": "32,64"}, "must be a tuple or list of integers or None, got '32,64'"),
+    ("vsurge", {"interleaved_mode": 1}, "must be a bool, got 1"),
 ])
 def test_check_knobs_reads_the_declared_types_including_none_defaults(kind, knobs, match):
     with pytest.raises(ValueError, match=match):

@@ -65,7 +65,8 @@ def check_knobs(kind: str, knobs: dict[str, Any]) -> None:
     for name, value in knobs.items():
         kinds = types_of[name]
         if not any(_is(value, t) for t in kinds):
-            raise ValueError(f"{kind} knob {name!r} must be {_describe(kinds)}, got {value!r}")
+            raise ValueError(f"{kind} knob {name!r} must be {_describe(kinds, _VALUE_NAMES)}, "
+                             f"got {value!r}")
 
 
 def _is(value: Any, t: type) -> bool:
@@ -86,12 +87,15 @@ def _is(value: Any, t: type) -> bool:
 
 
 _TRUE, _FALSE = ("true", "yes", "on"), ("false", "no", "off")
+# what each declared type takes, said for text (`parse_knob`) and for Python values (`check_knobs`)
 _NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "text",
-          tuple: "comma-separated integers", type(None): "none"}
+          tuple: "comma-separated integers"}
+_VALUE_NAMES = {bool: "a bool", int: "an integer", float: "a number", str: "a string",
+                tuple: "a tuple or list of integers", type(None): "None"}
 
 
-def _describe(kinds: tuple[type, ...]) -> str:
-    return " or ".join(_NAMES.get(t, getattr(t, "__name__", str(t))) for t in kinds)
+def _describe(kinds: tuple[type, ...], names: dict = _NAMES) -> str:
+    return " or ".join(names.get(t, getattr(t, "__name__", str(t))) for t in kinds)
 
 
 def _knob_types(kind: str) -> dict[str, tuple[type, ...]]:
