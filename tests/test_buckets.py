@@ -1,8 +1,13 @@
 """Shape buckets (plain Python)."""
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from workbench.engines.buckets import fine_buckets, pick_bucket, pow2_buckets
+from workbench.engines.buckets import (MAX_ROWS, check_rows, fine_buckets, pick_bucket,
+                                       pow2_buckets)
+from workbench.engines.catalog import engine_class
 
 
 def test_pow2_buckets_end_at_hi():
@@ -16,6 +21,36 @@ def test_fine_buckets_pad_by_at_most_half():
     for n in range(1, 513):
         assert pick_bucket(n, b) <= max(64, n * 1.5)
     assert fine_buckets(64, 320)[-1] == 320 and fine_buckets(32, 32) == (32,)
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.one_of(st.integers(), st.booleans(), st.floats(), st.text(max_size=5),
+                       st.none(), st.integers(-10, MAX_ROWS + 10).map(np.int64)))
+def test_check_rows_takes_exactly_the_integers_from_1_to_max_rows(value):
+    ok = (not isinstance(value, bool) and isinstance(value, (int, np.integer))
+          and 1 <= value <= MAX_ROWS)
+    if ok:
+        assert check_rows("max_num_seqs", value) == value
+        assert type(check_rows("max_num_seqs", value)) is int
+    else:
+        with pytest.raises(ValueError, match=rf"^max_num_seqs must be an integer in \[1, "
+                                             rf"{MAX_ROWS}\], got "):
+            check_rows("max_num_seqs", value)
+
+
+@pytest.mark.parametrize("kind, knob", [("vinference", "max_batch_size"),
+                                        ("vsurge", "max_concurrent_decodes"),
+                                        ("vsurge", "max_concurrent_prefill"),
+                                        ("esurge", "max_num_seqs")])
+def test_every_engine_bounds_its_rows_before_sizing_anything(tiny_random_lm, kind, knob):
+    """A row count sizes lists and [rows, vocab] arrays: 10**25 was an OverflowError inside
+    eSurge's scheduler, and 10**6 a multi-GB row state on a real vocabulary."""
+    cls = engine_class(kind)
+    for bad in (0, MAX_ROWS + 1, 10**6, 10**25, True, 4.0):
+        with pytest.raises(ValueError, match=rf"{knob} must be an integer in \[1, {MAX_ROWS}\]"):
+            cls(tiny_random_lm, max_model_len=64, **{knob: bad})
+    eng = cls(tiny_random_lm, max_model_len=64, **{knob: MAX_ROWS})  # the ceiling itself is fine
+    eng.close()
 
 
 def test_pick_bucket_errors_name_the_largest():

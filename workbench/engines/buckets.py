@@ -3,7 +3,23 @@ shapes. Plain Python."""
 
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
+
+# The most rows (sequences in one batch dimension) an engine may be asked for. Rows size state
+# up front: the sampler keeps an [rows, vocab] penalty-count array (4096 x Llama 3's 128,256
+# vocabulary x 4 bytes = 2.1 GB) and the row buckets grow with log2(rows). No step uses more:
+# vLLM's defaults are 256 sequences (1024 on the largest GPUs).
+MAX_ROWS = 4096
+
+
+def check_rows(name: str, value) -> int:
+    """`value` as a row count in [1, MAX_ROWS]; ValueError naming the knob otherwise (a bool, a
+    float, or 10**25 included: such a value would otherwise size a list or an array first)."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+            or not 1 <= value <= MAX_ROWS):
+        raise ValueError(f"{name} must be an integer in [1, {MAX_ROWS}], got {value!r}")
+    return int(value)
 
 
 def pow2_buckets(lo: int, hi: int) -> tuple[int, ...]:

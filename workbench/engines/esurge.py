@@ -29,7 +29,7 @@ import jax
 
 from workbench import compilation_cache as compile_cache
 from workbench.engines.background import BackgroundEngine
-from workbench.engines.buckets import token_buckets
+from workbench.engines.buckets import check_rows, token_buckets
 from workbench.engines.esurge_runner import ESurgeRunner
 from workbench.engines.esurge_scheduler import ESurgeScheduler
 from workbench.engines.kv_budget import num_pages_for
@@ -50,7 +50,8 @@ class eSurge(BackgroundEngine):  # noqa: N801 - the engine's name
 
     Knobs (defaults: CPU / GPU-TPU): `page_size` (16 tokens), a KV budget (`num_pages`, or
     `kv_cache_memory` bytes such as "2GiB", or `kv_cache_fraction` of the free device memory;
-    see `kv_budget.py`), `max_num_seqs` (32 / 128 sequences per step), `max_num_batched_tokens`
+    see `kv_budget.py`), `max_num_seqs` (32 / 128 sequences per step; at most `MAX_ROWS`, 4096,
+    as for every engine's rows: see `buckets.py`), `max_num_batched_tokens`
     (256 / 2048 tokens per step), `max_model_len`, `enable_prefix_caching`, `scheduling_policy`
     ("fcfs" or "priority"), `long_prefill_token_threshold` (a prompt chunk's cap when prompts
     compete; default a quarter of the budget), `max_num_partial_prefills` (long prompts
@@ -88,7 +89,8 @@ class eSurge(BackgroundEngine):  # noqa: N801 - the engine's name
             raise ValueError(f"page_size must be an int >= 1, got {page_size!r}")
         self.page_size = page_size
         accel = _on_accelerator()
-        self.max_num_seqs = (128 if accel else 32) if max_num_seqs is None else max_num_seqs
+        self.max_num_seqs = ((128 if accel else 32) if max_num_seqs is None
+                             else check_rows("max_num_seqs", max_num_seqs))
         self.max_num_batched_tokens = ((2048 if accel else 256) if max_num_batched_tokens is None
                                        else max_num_batched_tokens)
         self.enable_prefix_caching = bool(enable_prefix_caching)

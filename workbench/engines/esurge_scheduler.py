@@ -40,6 +40,7 @@ import dataclasses
 import heapq
 import itertools
 
+from workbench.engines.buckets import check_rows
 from workbench.engines.kv_cache_manager import KVCacheManager
 from workbench.engines.request import Request
 from workbench.engines.request_queue import make_keyed_queue
@@ -101,8 +102,8 @@ class ESurgeScheduler:
                  policy: str = "fcfs", long_prefill_token_threshold: int | None = None,
                  max_num_partial_prefills: int = 1, max_waiting: int = 1024,
                  max_running_per_tenant: int | None = None, tenant_fair_share: bool = True):
-        for name, value in (("max_num_seqs", max_num_seqs),
-                            ("max_num_batched_tokens", max_num_batched_tokens),
+        max_num_seqs = check_rows("max_num_seqs", max_num_seqs)
+        for name, value in (("max_num_batched_tokens", max_num_batched_tokens),
                             ("max_num_partial_prefills", max_num_partial_prefills),
                             ("max_waiting", max_waiting)):
             if not isinstance(value, int) or value < 1:

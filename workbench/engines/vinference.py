@@ -39,7 +39,7 @@ from workbench import distributed
 from workbench.engines.base import Engine
 from workbench.engines.batch_queue import BatchQueue
 from workbench.engines.batching import build_prefill_batch, prepare_request
-from workbench.engines.buckets import pick_bucket, pow2_buckets, prompt_buckets
+from workbench.engines.buckets import check_rows, pick_bucket, pow2_buckets, prompt_buckets
 from workbench.engines.decode_reads import DecodeReads
 from workbench.engines.engine_core import mark_running
 from workbench.engines.kv_budget import kv_budget_bytes, kv_bytes_per_token
@@ -78,8 +78,7 @@ class vInference(Engine):
         # Each batch's cache fits the KV budget (kv_budget.py): fewer rows per batch if need be.
         self.kv_budget = kv_budget_bytes(kv_cache_memory)
         self._token_bytes = kv_bytes_per_token(model.config, model.dtype)
-        if max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        max_batch_size = check_rows("max_batch_size", max_batch_size)
         if streaming_chunk < 1:
             raise ValueError(f"streaming_chunk must be >= 1, got {streaming_chunk}")
         self.max_batch_size = max_batch_size

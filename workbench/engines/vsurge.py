@@ -26,7 +26,7 @@ from __future__ import annotations
 import jax
 
 from workbench.engines.background import BackgroundEngine
-from workbench.engines.buckets import pow2_buckets, prompt_buckets
+from workbench.engines.buckets import check_rows, pow2_buckets, prompt_buckets
 from workbench.engines.decode_reads import DecodeReads
 from workbench.engines.kv_budget import kv_budget_bytes, kv_bytes_per_token
 from workbench.engines.model_runner import runner_for
@@ -70,10 +70,10 @@ class vSurge(BackgroundEngine):  # noqa: N801 - the engine's name
             raise ValueError(f"the KV budget of {self.kv_budget} bytes holds no slot of "
                              f"max_model_len {self.max_model_len} ({slot_bytes} bytes): raise "
                              "kv_cache_memory or lower max_model_len")
-        if type(max_concurrent_decodes) is int:  # anything else: the scheduler says what is wrong
-            max_concurrent_decodes = min(max_concurrent_decodes, self.kv_budget // slot_bytes)
-            if type(max_concurrent_prefill) is int and max_concurrent_decodes >= 1:
-                max_concurrent_prefill = min(max_concurrent_prefill, max_concurrent_decodes)
+        max_concurrent_decodes = min(check_rows("max_concurrent_decodes", max_concurrent_decodes),
+                                     self.kv_budget // slot_bytes)
+        max_concurrent_prefill = min(check_rows("max_concurrent_prefill", max_concurrent_prefill),
+                                     max_concurrent_decodes)
         self.decode_steps = default_decode_steps() if decode_steps is None else decode_steps
         if not isinstance(self.decode_steps, int) or self.decode_steps < 1:
             raise ValueError(f"decode_steps must be an integer >= 1, got {decode_steps!r}")
