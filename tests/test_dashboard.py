@@ -309,3 +309,20 @@ def test_bench_tab(page, tmp_path):
 def test_the_server_logged_no_error(dashboard):
     """Last in the file: no periodic callback or redraw raised while the tests above ran."""
     assert SERVER_ERRORS.records == [], SERVER_ERRORS.records[:3]
+
+
+def test_the_views_use_no_deprecated_panel_arguments():
+    """Panel 2.0 drops a widget's `name=` (now `label=`) and a button's `button_type=` (now
+    `color=`): building every tab raises no deprecation warning."""
+    import warnings
+
+    from widgets.dashboard.app import Dashboard
+
+    wb = Workbench()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PendingDeprecationWarning)
+            warnings.simplefilter("error", DeprecationWarning)
+            Dashboard(wb)
+    finally:
+        wb.close()

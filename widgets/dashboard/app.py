@@ -5,8 +5,8 @@ Server, Bench over a `Workbench` that every session of the process shares.
 Per session: its own views (so two browser tabs never mix their runs) and one periodic callback
 on the session's event loop (`tick`, every 500 ms) that refreshes the views when the workbench
 changed (`Workbench.version`) and feeds the visible tab: new metrics points into the Bokeh
-charts, the server's request log, (every 2 s) the engines table. Errors raised by an action are shown in the tab's status line; the page
-never dies.
+charts, the server's request log, (every 2 s) the engines table. Errors raised by an action are
+shown in the tab's status line; the page never dies.
 """
 
 from __future__ import annotations

@@ -15,17 +15,17 @@ class BenchPanel(pn.viewable.Viewer):
         self.wb = wb
         self.status = StatusLine("bench")
         self.state = BenchState(wb, self.status.show, OnSession(self.redraw))
-        self.engines = pn.widgets.MultiChoice(name="engines", options=[], width=300)
-        self.via = pn.widgets.Select(name="via", options=["direct", "http"], value="direct",
+        self.engines = pn.widgets.MultiChoice(label="engines", options=[], width=300)
+        self.via = pn.widgets.Select(label="via", options=["direct", "http"], value="direct",
                                      width=100)
-        self.num_requests = pn.widgets.IntInput(name="requests", value=32, start=1, end=10000,
+        self.num_requests = pn.widgets.IntInput(label="requests", value=32, start=1, end=10000,
                                                 width=100, css_classes=["wb-bench-requests"])
-        self.rate = pn.widgets.TextInput(name="rate (req/s)", value="inf", width=100)
-        self.concurrency = pn.widgets.IntInput(name="concurrency", value=8, start=1, end=1024,
+        self.rate = pn.widgets.TextInput(label="rate (req/s)", value="inf", width=100)
+        self.concurrency = pn.widgets.IntInput(label="concurrency", value=8, start=1, end=1024,
                                                width=100)
-        self.max_tokens = pn.widgets.IntInput(name="max tokens", value=32, start=1, end=4096,
+        self.max_tokens = pn.widgets.IntInput(label="max tokens", value=32, start=1, end=4096,
                                               width=100, css_classes=["wb-bench-max-tokens"])
-        self.run_button = pn.widgets.Button(name="Run benchmark", button_type="primary",
+        self.run_button = pn.widgets.Button(label="Run benchmark", color="primary",
                                             width=130)
         self.progress = pn.indicators.Progress(value=0, max=1, width=300)
         self.table = pn.pane.HTML("", sizing_mode="stretch_width")

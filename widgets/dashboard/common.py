@@ -78,18 +78,18 @@ def sampling_widgets(only: tuple[str, ...] | None = None, **defaults) -> dict:
         value = defaults.get(name, default)
         css = [f"wb-sampling-{name}"]
         if kind == "float":
-            out[name] = pn.widgets.FloatSlider(name=name, value=value, start=rng[0], end=rng[1],
+            out[name] = pn.widgets.FloatSlider(label=name, value=value, start=rng[0], end=rng[1],
                                                step=0.05, width=200, css_classes=css)
         elif kind == "int":
-            out[name] = pn.widgets.IntInput(name=name, value=value, start=rng[0], end=rng[1],
+            out[name] = pn.widgets.IntInput(label=name, value=value, start=rng[0], end=rng[1],
                                             width=120, css_classes=css)
         elif kind == "bool":
-            out[name] = pn.widgets.Checkbox(name=name, value=value, css_classes=css)
+            out[name] = pn.widgets.Checkbox(label=name, value=value, css_classes=css)
         elif kind == "lines":
-            out[name] = pn.widgets.TextAreaInput(name="stop (one per line)", value=value,
+            out[name] = pn.widgets.TextAreaInput(label="stop (one per line)", value=value,
                                                  height=60, width=200, css_classes=css)
         else:
-            out[name] = pn.widgets.TextInput(name=name, value=value, placeholder="random",
+            out[name] = pn.widgets.TextInput(label=name, value=value, placeholder="random",
                                              width=120, css_classes=css)
     return out
 

@@ -31,20 +31,21 @@ class ComparePanel(pn.viewable.Viewer):
         super().__init__(**params)
         self.wb = wb
         self.status = StatusLine("compare")
-        self.state = CompareState(wb, self.status.show, OnSession(self.redraw), max_rate=REDRAWS_PER_S)
-        self.prompts = pn.widgets.TextAreaInput(name="prompts (one per line)", height=100,
+        self.state = CompareState(wb, self.status.show, OnSession(self.redraw),
+                                  max_rate=REDRAWS_PER_S)
+        self.prompts = pn.widgets.TextAreaInput(label="prompts (one per line)", height=100,
                                                 value="\n".join(PRESET_PROMPTS[:2]),
                                                 sizing_mode="stretch_width",
                                                 css_classes=["wb-prompts"])
-        self.presets = pn.widgets.Button(name="Preset prompts", width=130)
-        self.engines = pn.widgets.MultiChoice(name="engines", options=[], width=300)
-        self.chat = pn.widgets.Checkbox(name="chat template", value=True)
-        self.concurrent = pn.widgets.Checkbox(name="engines at the same time", value=False)
+        self.presets = pn.widgets.Button(label="Preset prompts", width=130)
+        self.engines = pn.widgets.MultiChoice(label="engines", options=[], width=300)
+        self.chat = pn.widgets.Checkbox(label="chat template", value=True)
+        self.concurrent = pn.widgets.Checkbox(label="engines at the same time", value=False)
         self.sampling = sampling_widgets(("max_tokens", "temperature", "seed", "ignore_eos"),
                                          max_tokens=32)
-        self.run_button = pn.widgets.Button(name="Run comparison", button_type="primary",
+        self.run_button = pn.widgets.Button(label="Run comparison", color="primary",
                                             width=140)
-        self.stop_button = pn.widgets.Button(name="Stop", disabled=True, width=90)
+        self.stop_button = pn.widgets.Button(label="Stop", disabled=True, width=90)
         self.summary = pn.pane.HTML("", css_classes=["wb-compare-summary"])
         self.grid = pn.Column(css_classes=["wb-compare-grid"], sizing_mode="stretch_width")
         self._cells: dict[tuple[str, int], pn.pane.HTML] = {}

@@ -16,18 +16,18 @@ class EnginesPanel(pn.viewable.Viewer):
         self.status = StatusLine("engines")
         self.state = EnginesState(wb, self.status.show, OnSession(self.redraw))
         kinds = list(self.state.kinds())
-        self.kind = pn.widgets.Select(name="kind", options=kinds, value=kinds[0], width=150,
+        self.kind = pn.widgets.Select(label="kind", options=kinds, value=kinds[0], width=150,
                                       css_classes=["wb-kind"])
-        self.engine_name = pn.widgets.TextInput(name="name", value=kinds[0], width=150,
+        self.engine_name = pn.widgets.TextInput(label="name", value=kinds[0], width=150,
                                                 css_classes=["wb-engine-name"])
-        self.add_button = pn.widgets.Button(name="Add engine", button_type="primary",
+        self.add_button = pn.widgets.Button(label="Add engine", color="primary",
                                             align="end", width=120)
         self.knobs = pn.GridBox(ncols=4)
         self.knob_inputs: dict = {}
         self.table = pn.pane.HTML("", css_classes=["wb-engines-table"])
-        self.remove_name = pn.widgets.Select(name="engine", options=[], width=150,
+        self.remove_name = pn.widgets.Select(label="engine", options=[], width=150,
                                              css_classes=["wb-remove-name"])
-        self.remove_button = pn.widgets.Button(name="Remove", button_type="danger", align="end",
+        self.remove_button = pn.widgets.Button(label="Remove", color="danger", align="end",
                                                width=100)
         self.kind.param.watch(lambda _: self._show_knobs(), "value")
         self.add_button.on_click(lambda _: self.state.add(
@@ -39,7 +39,7 @@ class EnginesPanel(pn.viewable.Viewer):
 
     def _show_knobs(self) -> None:
         kind = self.kind.value
-        self.knob_inputs = {knob: pn.widgets.TextInput(name=knob, placeholder=repr(default),
+        self.knob_inputs = {knob: pn.widgets.TextInput(label=knob, placeholder=repr(default),
                                                        width=180, css_classes=[f"wb-knob-{knob}"])
                             for knob, default in self.state.knob_fields(kind)}
         self.knobs.objects = list(self.knob_inputs.values())

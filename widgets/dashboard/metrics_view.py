@@ -59,14 +59,14 @@ class MetricsPanel(pn.viewable.Viewer):
         self.sources: dict[str, ColumnDataSource] = {}
         self.renderers: dict[str, list] = {}
         self._seq: dict[str, int] = {}
-        self.load_button = pn.widgets.Button(name="Send a load", width=120, align="end")
-        self.load_requests = pn.widgets.IntInput(name="requests per engine", value=16, start=1,
+        self.load_button = pn.widgets.Button(label="Send a load", width=120, align="end")
+        self.load_requests = pn.widgets.IntInput(label="requests per engine", value=16, start=1,
                                                  end=1000, width=140,
                                                  css_classes=["wb-load-requests"])
         self.load_button.on_click(lambda _: self.state.send_load(self.load_requests.value))
-        self.engine = pn.widgets.Select(name="engine", options=[], width=160,
+        self.engine = pn.widgets.Select(label="engine", options=[], width=160,
                                         css_classes=["wb-kv-engine"])
-        self.request = pn.widgets.Select(name="request", options=[], width=320,
+        self.request = pn.widgets.Select(label="request", options=[], width=320,
                                          css_classes=["wb-kv-request"])
         self.page_map = pn.pane.HTML("", css_classes=["wb-page-map-pane"])
         self.timeline = pn.pane.HTML("", css_classes=["wb-timeline-pane"])

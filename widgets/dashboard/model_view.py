@@ -16,14 +16,14 @@ class ModelPanel(pn.viewable.Viewer):
         self.status = StatusLine("model")
         self.state = ModelState(wb, self.status.show, OnSession(self.redraw))
         tp = self.state.tp_options()
-        self.source = pn.widgets.TextInput(name="model", value="embedded", width=380,
+        self.source = pn.widgets.TextInput(label="model", value="embedded", width=380,
                                            css_classes=["wb-model-source"],
                                            placeholder="embedded | /path/to/hf_dir | file.gguf")
-        self.dtype = pn.widgets.Select(name="dtype", options=["float32", "bfloat16", "float16"],
+        self.dtype = pn.widgets.Select(label="dtype", options=["float32", "bfloat16", "float16"],
                                        value="float32", width=120)
-        self.tp = pn.widgets.Select(name="tensor parallel", width=120, visible=len(tp) > 1,
+        self.tp = pn.widgets.Select(label="tensor parallel", width=120, visible=len(tp) > 1,
                                     options=tp, value=1)
-        self.load_button = pn.widgets.Button(name="Load", button_type="primary", width=100,
+        self.load_button = pn.widgets.Button(label="Load", color="primary", width=100,
                                              align="end")
         self.details = pn.pane.HTML("")
         self.devices = pn.pane.HTML("")

@@ -22,18 +22,18 @@ class PlaygroundPanel(pn.viewable.Viewer):
         self.wb = wb
         self.status = StatusLine("playground")
         self.state = PlaygroundState(wb, self.status.show, OnSession(self.redraw))
-        self.engine = pn.widgets.Select(name="engine", options=[], width=180)
+        self.engine = pn.widgets.Select(label="engine", options=[], width=180)
         self.mode = pn.widgets.RadioButtonGroup(options=["chat", "completion"], value="chat",
                                                 align="end")
-        self.system = pn.widgets.TextInput(name="system prompt", placeholder="optional",
+        self.system = pn.widgets.TextInput(label="system prompt", placeholder="optional",
                                            sizing_mode="stretch_width")
-        self.prompt = pn.widgets.TextAreaInput(name="message", sizing_mode="stretch_width",
+        self.prompt = pn.widgets.TextAreaInput(label="message", sizing_mode="stretch_width",
                                                height=80, css_classes=["wb-prompt"],
                                                placeholder="Type a message or a prompt")
         self.sampling = sampling_widgets()
-        self.send_button = pn.widgets.Button(name="Send", button_type="primary", width=90)
-        self.stop_button = pn.widgets.Button(name="Stop", disabled=True, width=90)
-        self.clear_button = pn.widgets.Button(name="Clear", width=90)
+        self.send_button = pn.widgets.Button(label="Send", color="primary", width=90)
+        self.stop_button = pn.widgets.Button(label="Stop", disabled=True, width=90)
+        self.clear_button = pn.widgets.Button(label="Clear", width=90)
         self.output = pn.pane.HTML("", css_classes=["wb-playground-output"],
                                    sizing_mode="stretch_width")
         self.stats = pn.pane.HTML("", css_classes=["wb-playground-stats"])

@@ -16,16 +16,16 @@ class ServerPanel(pn.viewable.Viewer):
         self.wb = wb
         self.status = StatusLine("server")
         self.state = ServerState(wb, self.status.show, OnSession(self.redraw))
-        self.engines = pn.widgets.MultiChoice(name="serve", options=[], width=300)
-        self.host = pn.widgets.TextInput(name="host", value="127.0.0.1", width=150)
-        self.port = pn.widgets.IntInput(name="port (0: any free)", value=0, start=0, end=65535,
+        self.engines = pn.widgets.MultiChoice(label="serve", options=[], width=300)
+        self.host = pn.widgets.TextInput(label="host", value="127.0.0.1", width=150)
+        self.port = pn.widgets.IntInput(label="port (0: any free)", value=0, start=0, end=65535,
                                         width=150)
-        self.api_key = pn.widgets.PasswordInput(name="API key", placeholder="optional",
+        self.api_key = pn.widgets.PasswordInput(label="API key", placeholder="optional",
                                                 width=200)
-        self.start_button = pn.widgets.Button(name="Start server", button_type="success",
+        self.start_button = pn.widgets.Button(label="Start server", color="success",
                                               width=120)
-        self.stop_button = pn.widgets.Button(name="Stop server", button_type="danger", width=120)
-        self.restart_button = pn.widgets.Button(name="Restart", width=100)
+        self.stop_button = pn.widgets.Button(label="Stop server", color="danger", width=120)
+        self.restart_button = pn.widgets.Button(label="Restart", width=100)
         self.url = pn.pane.HTML("", css_classes=["wb-server-url"])
         self.snippets = pn.pane.HTML("", sizing_mode="stretch_width")
         self.log_table = pn.pane.HTML("", css_classes=["wb-request-log"])
