@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workbench.engines.buckets import (MAX_ROWS, check_rows, fine_buckets, pick_bucket,
-                                       pow2_buckets)
+from workbench.engines.buckets import (MAX_ROWS, check_count, check_rows, fine_buckets,
+                                       pick_bucket, pow2_buckets)
 from workbench.engines.catalog import engine_class
 
 
@@ -50,6 +50,27 @@ def test_every_engine_bounds_its_rows_before_sizing_anything(tiny_random_lm, kin
         with pytest.raises(ValueError, match=rf"{knob} must be an integer in \[1, {MAX_ROWS}\]"):
             cls(tiny_random_lm, max_model_len=64, **{knob: bad})
     eng = cls(tiny_random_lm, max_model_len=64, **{knob: MAX_ROWS})  # the ceiling itself is fine
+    eng.close()
+
+
+def test_check_count_names_its_bound():
+    assert check_count("decode_steps", 64, 64, "max_model_len") == 64
+    with pytest.raises(ValueError, match=r"^decode_steps must be an integer in \[1, "
+                                         r"max_model_len=64\], got 65$"):
+        check_count("decode_steps", 65, 64, "max_model_len")
+
+
+@pytest.mark.parametrize("kind, knob", [("vinference", "streaming_chunk"),
+                                        ("vsurge", "decode_steps")])
+def test_decode_chunks_are_at_most_max_model_len(tiny_random_lm, kind, knob):
+    """Steps per device loop size its [rows, steps] outputs: streaming_chunk=10**9 used to
+    allocate them (and never return)."""
+    cls = engine_class(kind)
+    for bad in (0, 65, 10**9, True, "4"):
+        with pytest.raises(ValueError, match=rf"{knob} must be an integer in \[1, "
+                                             rf"max_model_len=64\]"):
+            cls(tiny_random_lm, max_model_len=64, **{knob: bad})
+    eng = cls(tiny_random_lm, max_model_len=64, **{knob: 64})
     eng.close()
 
 

@@ -85,3 +85,23 @@ def test_kv_budget_bytes_and_the_contiguous_engines_fit_it(monkeypatch):
     eng._run_batch = lambda rows: (sizes.append(len(rows)), (yield from run_batch(rows)))[1]
     outs = eng.generate(["a", "b", "c", "d", "e"], SamplingParams(max_tokens=2, temperature=0))
     assert sizes == [2, 2, 1] and all(o.finished for o in outs)
+
+
+def test_a_pool_given_by_count_or_size_must_fit_the_memory_there_is(monkeypatch):
+    """num_pages=10**9 used to be allocated as asked, running the machine out of memory."""
+    monkeypatch.setattr(kv_budget, "free_device_bytes", lambda device=None: 100_000)  # a GPU
+    assert num_pages_for(**KW, num_pages=100) == 100  # exactly the free memory fits
+    with pytest.raises(ValueError, match=r"^num_pages=101 is a KV cache of 0\.1 MiB, more than "
+                                         r"the free device memory \(0\.1 MiB\)"):
+        num_pages_for(**KW, num_pages=101)
+    with pytest.raises(ValueError, match=r"^kv_cache_memory='1MB' is a KV cache of .* more than "
+                                         "the free device memory"):
+        num_pages_for(**KW, kv_cache_memory="1MB")
+    monkeypatch.setattr(kv_budget, "free_device_bytes", lambda device=None: None)  # the CPU
+    ram, what = kv_budget.memory_limit()
+    assert what == "this machine's memory" and ram > 2**30
+    with pytest.raises(ValueError, match=r"^num_pages=1000000000 is a KV cache of "
+                                         r"931\.3 GiB, more than this machine's memory"):
+        num_pages_for(**KW, num_pages=10**9)
+    with pytest.raises(ValueError, match="^kv_cache_memory='1000TB' is a KV cache"):
+        num_pages_for(**KW, kv_cache_memory="1000TB")

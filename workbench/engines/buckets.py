@@ -13,13 +13,20 @@ from typing import Sequence
 MAX_ROWS = 4096
 
 
-def check_rows(name: str, value) -> int:
-    """`value` as a row count in [1, MAX_ROWS]; ValueError naming the knob otherwise (a bool, a
-    float, or 10**25 included: such a value would otherwise size a list or an array first)."""
+def check_count(name: str, value, hi: int, hi_name: str = "") -> int:
+    """`value` as an int in [1, hi]; ValueError naming the knob (and the bound, as `hi_name=hi`
+    when given) otherwise: a bool, a float, or 10**25 included, since such a value would
+    otherwise size a list or an array first."""
     if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
-            or not 1 <= value <= MAX_ROWS):
-        raise ValueError(f"{name} must be an integer in [1, {MAX_ROWS}], got {value!r}")
+            or not 1 <= value <= hi):
+        bound = f"{hi_name}={hi}" if hi_name else str(hi)
+        raise ValueError(f"{name} must be an integer in [1, {bound}], got {value!r}")
     return int(value)
+
+
+def check_rows(name: str, value) -> int:
+    """`value` as a row count in [1, MAX_ROWS] (see `check_count`)."""
+    return check_count(name, value, MAX_ROWS)
 
 
 def pow2_buckets(lo: int, hi: int) -> tuple[int, ...]:

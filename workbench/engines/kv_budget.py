@@ -10,11 +10,14 @@ Exactly one of:
   `device.memory_stats()`, after the params are loaded);
 and by default: on GPU/TPU 0.8 of the free memory, on the CPU (no such statistics)
 `min(512 MiB, enough for max_num_seqs sequences of max_model_len)`. The pool must hold at least
-one sequence of `max_model_len` tokens, so no request can wait forever for pages.
+one sequence of `max_model_len` tokens, so no request can wait forever for pages, and a pool
+given by count or size must fit the memory there is (`memory_limit`): `num_pages=10**9` is a
+ValueError naming both sizes, not an allocation that runs the machine out of memory.
 """
 
 from __future__ import annotations
 
+import os
 import re
 
 DEFAULT_CPU_BYTES = 512 << 20
@@ -52,6 +55,22 @@ def free_device_bytes(device=None) -> int | None:
     return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
 
 
+def memory_limit(device=None) -> tuple[int, str] | None:
+    """The most bytes a KV cache can take here, and what they are: the free device memory on
+    GPU/TPU, the machine's physical memory on the CPU (None where neither is known)."""
+    free = free_device_bytes(device)
+    if free is not None:
+        return free, "the free device memory"
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows)
+        return None
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
+
+
 def kv_budget_bytes(kv_cache_memory: int | str | None = None, device=None) -> int:
     """Bytes an engine may spend on KV cache: `kv_cache_memory` when given, else on GPU/TPU 0.8
     of the free device memory, on the CPU `DEFAULT_CPU_BYTES`."""
@@ -81,8 +100,10 @@ def num_pages_for(*, bytes_per_page: int, page_size: int, max_model_len: int, ma
         if isinstance(num_pages, bool) or not isinstance(num_pages, int) or num_pages < 1:
             raise ValueError(f"num_pages must be an int >= 1, got {num_pages!r}")
         pages = num_pages
+        _check_fits(pages * bytes_per_page, f"num_pages={num_pages}", device)
     elif kv_cache_memory is not None:
         pages = parse_bytes(kv_cache_memory) // bytes_per_page
+        _check_fits(pages * bytes_per_page, f"kv_cache_memory={kv_cache_memory!r}", device)
     else:
         free = free_device_bytes(device)
         if kv_cache_fraction is not None:
@@ -102,3 +123,10 @@ def num_pages_for(*, bytes_per_page: int, page_size: int, max_model_len: int, ma
             f"max_model_len {max_model_len} needs {one_seq}: raise the budget or lower "
             "max_model_len")
     return pages
+
+
+def _check_fits(nbytes: int, given: str, device) -> None:
+    limit = memory_limit(device)
+    if limit is not None and nbytes > limit[0]:
+        raise ValueError(f"{given} is a KV cache of {_size(nbytes)}, more than {limit[1]} "
+                         f"({_size(limit[0])}): give a smaller budget")

@@ -39,7 +39,8 @@ from workbench import distributed
 from workbench.engines.base import Engine
 from workbench.engines.batch_queue import BatchQueue
 from workbench.engines.batching import build_prefill_batch, prepare_request
-from workbench.engines.buckets import check_rows, pick_bucket, pow2_buckets, prompt_buckets
+from workbench.engines.buckets import (check_count, check_rows, pick_bucket, pow2_buckets,
+                                       prompt_buckets)
 from workbench.engines.decode_reads import DecodeReads
 from workbench.engines.engine_core import mark_running
 from workbench.engines.kv_budget import kv_budget_bytes, kv_bytes_per_token
@@ -79,10 +80,11 @@ class vInference(Engine):
         self.kv_budget = kv_budget_bytes(kv_cache_memory)
         self._token_bytes = kv_bytes_per_token(model.config, model.dtype)
         max_batch_size = check_rows("max_batch_size", max_batch_size)
-        if streaming_chunk < 1:
-            raise ValueError(f"streaming_chunk must be >= 1, got {streaming_chunk}")
         self.max_batch_size = max_batch_size
-        self.streaming_chunk = streaming_chunk
+        # decode steps per dispatch: a chunk longer than max_model_len could never run to its end
+        # (and its outputs are sized [B, streaming_chunk])
+        self.streaming_chunk = check_count("streaming_chunk", streaming_chunk, self.max_model_len,
+                                           "max_model_len")
         # Cache lengths are powers of two (few shapes, so few compilations) up to max_model_len.
         self.cache_buckets = tuple(sorted(cache_buckets or pow2_buckets(
             min(128, self.max_model_len), self.max_model_len)))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import jax
 
 from workbench.engines.background import BackgroundEngine
-from workbench.engines.buckets import check_rows, pow2_buckets, prompt_buckets
+from workbench.engines.buckets import check_count, check_rows, pow2_buckets, prompt_buckets
 from workbench.engines.decode_reads import DecodeReads
 from workbench.engines.kv_budget import kv_budget_bytes, kv_bytes_per_token
 from workbench.engines.model_runner import runner_for
@@ -74,9 +74,9 @@ class vSurge(BackgroundEngine):  # noqa: N801 - the engine's name
                                      self.kv_budget // slot_bytes)
         max_concurrent_prefill = min(check_rows("max_concurrent_prefill", max_concurrent_prefill),
                                      max_concurrent_decodes)
-        self.decode_steps = default_decode_steps() if decode_steps is None else decode_steps
-        if not isinstance(self.decode_steps, int) or self.decode_steps < 1:
-            raise ValueError(f"decode_steps must be an integer >= 1, got {decode_steps!r}")
+        # a loop longer than max_model_len steps could never run to its end (and sizes [B, steps])
+        self.decode_steps = (default_decode_steps() if decode_steps is None else check_count(
+            "decode_steps", decode_steps, self.max_model_len, "max_model_len"))
         self.max_concurrent_decodes = max_concurrent_decodes
         self.max_concurrent_prefill = max_concurrent_prefill
         if max_prefill_length is not None and max_prefill_length < 1:
