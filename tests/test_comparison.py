@@ -132,3 +132,48 @@ def test_bad_arguments(kwargs, match):
     kwargs.setdefault("engines", {"x": ScriptedEngine(SCRIPT)})
     with pytest.raises(ValueError, match=match):
         run_comparison(**kwargs)
+
+
+class CompilingEngine(ScriptedEngine):
+    """Compiles a new shape when asked to stream, as a cold engine does."""
+
+    def stream_many(self, prompts, params):
+        import jax
+        import jax.numpy as jnp
+
+        f = jax.jit(lambda x: jnp.cumsum(jnp.sin(x) @ x.T, axis=0))  # a new function: compiled
+        jax.block_until_ready(f(jnp.ones((37, 41))))
+        return super().stream_many(prompts, params)
+
+
+def test_compile_watch_counts_compiles_not_cached_calls():
+    import jax
+    import jax.numpy as jnp
+
+    from workbench import compile_watch
+
+    compile_watch.install()
+    compile_watch.install()  # idempotent: one listener
+    f = jax.jit(lambda x: jnp.tanh(x) * 3)
+    x, y = jnp.ones(23), jnp.zeros(23)  # made (and their ops compiled) before counting
+    n0, s0 = compile_watch.totals()
+    f(x).block_until_ready()
+    n1, s1 = compile_watch.totals()
+    assert n1 == n0 + 1 and s1 > s0
+    f(y).block_until_ready()  # the same shape: no compile
+    assert compile_watch.totals() == (n1, s1)
+
+
+def test_each_engine_reports_the_compiling_inside_its_run():
+    cmp = run_comparison({"cold": CompilingEngine(SCRIPT), "warm": ScriptedEngine(SCRIPT)},
+                         ["a", "b"])
+    cold, warm = cmp.runs["cold"], cmp.runs["warm"]
+    assert 0 < cold.compile_s <= cold.wall_s and warm.compile_s == 0
+    assert cmp.compile_s >= cold.compile_s
+    assert cmp.compiled(at_least_s=1e-6) == {"cold": cold.compile_s}
+    assert [row["compile_s"] for row in cmp.summary()] == [cold.compile_s, 0]
+    # concurrent: the windows overlap, so only the whole run's seconds are given
+    cmp = run_comparison({"cold": CompilingEngine(SCRIPT), "warm": ScriptedEngine(SCRIPT)},
+                         ["a"], concurrent=True)
+    assert cmp.runs["cold"].compile_s is None and cmp.runs["warm"].compile_s is None
+    assert cmp.compile_s > 0 and cmp.compiled(at_least_s=1e-6) == {"all engines": cmp.compile_s}

@@ -93,6 +93,11 @@ def test_compare_two_prompts_side_by_side(app):
     assert view.grid.value.count("identical") == 2 and "Paris" in view.grid.value
     assert "output_tok_s" in view.summary.value and "2/2" in view.summary.value
     assert "done: 2/2" in view.status.value
+    assert "compile_s" in view.summary.value and cmp.runs["vi"].compile_s is not None
+    view.run_button.click()  # the same static batch again: nothing new to compile
+    assert view.tasks.wait(300)
+    assert view.comparison is not cmp and view.comparison.runs["vi"].compile_s < 0.5
+    assert "compiling" not in view.status.value or "vi:" not in view.status.value
 
 
 def test_playground_streams_into_the_page(app):

@@ -15,7 +15,7 @@ from workbench.devices import format_bytes
 ENGINE_COLUMNS = ("name", "kind", "state", "served", "max_model_len", "kv", "running", "waiting",
                   "finished", "generation_tokens")
 COMPARE_COLUMNS = ("engine", "kind", "tokens", "wall_s", "output_tok_s", "ttft_p50_ms",
-                   "itl_p50_ms", "itl_p99_ms", "identical", "error")
+                   "itl_p50_ms", "itl_p99_ms", "compile_s", "identical", "error")
 LOG_COLUMNS = ("time", "method", "path", "status", "duration_ms", "client")
 BENCH_COLUMNS = ("target", "via", "requests", "failed", "requests/s", "output tok/s",
                  "TTFT p50 (ms)", "TTFT p99 (ms)", "TPOT p50 (ms)", "ITL p50 (ms)",

@@ -21,6 +21,11 @@ carries), decode tok/s = (tokens - 1) / (last - first token).
 
 `Comparison.agreement(i)` says whether every engine produced the same token ids for prompt `i`
 and, if not, the first position where an engine differs from the first engine.
+
+Compiling: an engine compiles a shape the first time it meets it, inside the run. Each
+`EngineRun.compile_s` is the seconds this process spent compiling during that engine's run
+(`compile_watch`), so a cold engine's timings say they include compiling; in a concurrent run
+the engines' windows overlap, so only `Comparison.compile_s` (the whole run) is given.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from workbench import compile_watch
 from workbench.sampling_params import SamplingParams
 
 
@@ -86,6 +92,7 @@ class EngineRun:
     requests: list[RequestRun]
     wall_s: float = 0.0
     error: str | None = None
+    compile_s: float | None = None  # compiling during this run (None: not attributable)
 
     @property
     def num_tokens(self) -> int:
@@ -117,6 +124,15 @@ class Comparison:
     engines: list[str]
     runs: dict[str, EngineRun]
     concurrent: bool = False
+    compile_s: float = 0.0  # compiling during the whole run, every engine
+
+    def compiled(self, at_least_s: float = 0.5) -> dict[str, float]:
+        """{engine: compile seconds} of the engines whose timings include at least
+        `at_least_s` of compiling (a concurrent run: {"all engines": seconds})."""
+        if self.concurrent:
+            return {"all engines": self.compile_s} if self.compile_s >= at_least_s else {}
+        return {n: r.compile_s for n, r in self.runs.items()
+                if r.compile_s is not None and r.compile_s >= at_least_s}
 
     def agreement(self, index: int) -> dict[str, Any]:
         """{"identical": bool, "first_difference": position or None, "engine": the first engine
@@ -149,7 +165,8 @@ class Comparison:
 
     def summary(self) -> list[dict[str, Any]]:
         """One row per engine: tokens, wall seconds, output tok/s, TTFT p50, ITL p50/p99 (ms),
-        how many requests agree with every engine, and the error if the engine failed."""
+        seconds of compiling inside the run, how many requests agree with every engine, and the
+        error if the engine failed."""
         same = sum(self.agreement(i)["identical"] for i in range(len(self.prompts)))
         rows = []
         for name in self.engines:
@@ -159,7 +176,7 @@ class Comparison:
                 "tokens": run.num_tokens, "wall_s": run.wall_s,
                 "output_tok_s": run.output_tok_s,
                 "ttft_p50_ms": _ms(run.ttft_p50_s), "itl_p50_ms": _ms(run.itl_p50_s),
-                "itl_p99_ms": _ms(run.itl_p99_s),
+                "itl_p99_ms": _ms(run.itl_p99_s), "compile_s": run.compile_s,
                 "identical": f"{same}/{len(self.prompts)}", "error": run.error,
             })
         return rows
@@ -195,6 +212,8 @@ def run_engine(name: str, kind: str, engine: Any, prompts: list[Any],
     """Every prompt on one engine through `stream_many`, timed as the module docstring says."""
     runs = [RequestRun(i) for i in range(len(prompts))]
     result = EngineRun(name, kind, runs)
+    compile_watch.install()
+    compiled_before = compile_watch.totals()[1]
     t0 = time.perf_counter()
     try:
         it = engine.stream_many(prompts, params)
@@ -214,6 +233,7 @@ def run_engine(name: str, kind: str, engine: Any, prompts: list[Any],
         if not r.finished:
             r.finish_reason = "abort"
     result.wall_s = time.perf_counter() - t0
+    result.compile_s = compile_watch.totals()[1] - compiled_before
     return result
 
 
@@ -252,6 +272,8 @@ def run_comparison(engines: Mapping[str, Any], prompts: Sequence[Any],
         raise ValueError(f"compare runs one completion per prompt (n=1), got n={params.n}")
     kinds = kinds or {}
     names = list(engines)
+    compile_watch.install()
+    compiled_before = compile_watch.totals()[1]
 
     def one(name: str) -> EngineRun:
         return run_engine(name, kinds.get(name, getattr(engines[name], "engine_name", "?")),
@@ -265,6 +287,8 @@ def run_comparison(engines: Mapping[str, Any], prompts: Sequence[Any],
             t.start()
         for t in threads:
             t.join()
+        for run in results.values():
+            run.compile_s = None  # the engines' windows overlap: see Comparison.compile_s
     else:
         results = {}
         for n in names:
@@ -274,5 +298,6 @@ def run_comparison(engines: Mapping[str, Any], prompts: Sequence[Any],
                                         for i in range(len(prompts))], error="cancelled")
                 continue
             results[n] = one(n)
-    return Comparison(prompts, names, {n: results[n] for n in names}, concurrent)
+    return Comparison(prompts, names, {n: results[n] for n in names}, concurrent,
+                      compile_s=compile_watch.totals()[1] - compiled_before)
 

@@ -54,8 +54,12 @@ class CompareState(TabState):
         self.comparison = cmp
         self.throttle.flush()
         same = sum(cmp.agreement(i)["identical"] for i in range(len(self.prompts)))
+        cold = cmp.compiled()
+        note = ("; timings include compiling new shapes ("
+                + ", ".join(f"{name}: {sec:.1f} s" for name, sec in cold.items())
+                + "): run again for warm numbers") if cold else ""
         self.ok(f"done: {same}/{len(self.prompts)} prompts gave identical tokens on every "
-                "engine")
+                f"engine{note}")
 
     def _on_delta(self, engine: str, index: int, run) -> None:
         self.live[engine][index] = run
