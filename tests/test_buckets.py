@@ -72,6 +72,9 @@ def test_decode_chunks_are_at_most_max_model_len(tiny_random_lm, kind, knob):
             cls(tiny_random_lm, max_model_len=64, **{knob: bad})
     eng = cls(tiny_random_lm, max_model_len=64, **{knob: 64})
     eng.close()
+    short = cls(tiny_random_lm, max_model_len=8)  # a default above a short context is capped
+    assert getattr(short, knob) <= 8
+    short.close()
 
 
 def test_pick_bucket_errors_name_the_largest():

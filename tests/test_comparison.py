@@ -168,12 +168,33 @@ def test_each_engine_reports_the_compiling_inside_its_run():
     cmp = run_comparison({"cold": CompilingEngine(SCRIPT), "warm": ScriptedEngine(SCRIPT)},
                          ["a", "b"])
     cold, warm = cmp.runs["cold"], cmp.runs["warm"]
-    assert 0 < cold.compile_s <= cold.wall_s and warm.compile_s == 0
-    assert cmp.compile_s >= cold.compile_s
-    assert cmp.compiled(at_least_s=1e-6) == {"cold": cold.compile_s}
-    assert [row["compile_s"] for row in cmp.summary()] == [cold.compile_s, 0]
+    # process-wide seconds: "warm" compiles nothing itself (anything else compiling meanwhile
+    # would count, so it is compared, not required to be 0)
+    assert 0 < cold.compile_s <= cold.wall_s and 0 <= warm.compile_s < cold.compile_s
+    assert cmp.compile_s >= cold.compile_s + warm.compile_s
+    assert "cold" in cmp.compiled(at_least_s=1e-6)
+    assert cmp.compiled(at_least_s=cold.compile_s * 1.01) == {}
+    assert [row["compile_s"] for row in cmp.summary()] == [cold.compile_s, warm.compile_s]
     # concurrent: the windows overlap, so only the whole run's seconds are given
     cmp = run_comparison({"cold": CompilingEngine(SCRIPT), "warm": ScriptedEngine(SCRIPT)},
                          ["a"], concurrent=True)
     assert cmp.runs["cold"].compile_s is None and cmp.runs["warm"].compile_s is None
     assert cmp.compile_s > 0 and cmp.compiled(at_least_s=1e-6) == {"all engines": cmp.compile_s}
+
+
+def test_compile_watch_survives_a_reload():
+    """A notebook's autoreload re-executes the module: still one listener, not two."""
+    import importlib
+
+    import jax
+    import jax.numpy as jnp
+
+    from workbench import compile_watch
+
+    compile_watch.install()
+    importlib.reload(compile_watch)
+    compile_watch.install()
+    x = jnp.ones(29)
+    n0, s0 = compile_watch.totals()
+    jax.jit(lambda v: jnp.cos(v) + 1)(x).block_until_ready()
+    assert compile_watch.totals()[0] == n0 + 1  # counted once

@@ -1,5 +1,6 @@
 """KV pages from a budget: a page count, a memory size, or a fraction of free device memory."""
 
+import numpy as np
 import pytest
 
 from workbench.engines import kv_budget
@@ -97,9 +98,15 @@ def test_a_pool_given_by_count_or_size_must_fit_the_memory_there_is(monkeypatch)
     with pytest.raises(ValueError, match=r"^kv_cache_memory='1MB' is a KV cache of .* more than "
                                          "the free device memory"):
         num_pages_for(**KW, kv_cache_memory="1MB")
+    # a pool split over 2 devices (tensor parallel over KV heads) needs half of it on each
+    assert num_pages_for(**KW, num_pages=200, shards=2) == 200
+    with pytest.raises(ValueError, match=r"^num_pages=202 is a KV cache of 0\.2 MiB \(0\.1 MiB "
+                                         r"per device over 2\), more than the free device"):
+        num_pages_for(**KW, num_pages=202, shards=2)
+    assert num_pages_for(**KW, num_pages=np.int64(64)) == 64  # numpy ints are ints
     monkeypatch.setattr(kv_budget, "free_device_bytes", lambda device=None: None)  # the CPU
-    ram, what = kv_budget.memory_limit()
-    assert what == "this machine's memory" and ram > 2**30
+    ram, what, per_device = kv_budget.memory_limit()
+    assert what == "this machine's memory" and ram > 2**30 and not per_device
     with pytest.raises(ValueError, match=r"^num_pages=1000000000 is a KV cache of "
                                          r"931\.3 GiB, more than this machine's memory"):
         num_pages_for(**KW, num_pages=10**9)

@@ -24,8 +24,9 @@ and, if not, the first position where an engine differs from the first engine.
 
 Compiling: an engine compiles a shape the first time it meets it, inside the run. Each
 `EngineRun.compile_s` is the seconds this process spent compiling during that engine's run
-(`compile_watch`), so a cold engine's timings say they include compiling; in a concurrent run
-the engines' windows overlap, so only `Comparison.compile_s` (the whole run) is given.
+(`compile_watch`; process-wide: another engine's `precompile()` meanwhile would count too), so a
+cold engine's timings say they include compiling; in a concurrent run the engines' windows
+overlap, so only `Comparison.compile_s` (the whole run) is given.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ class EngineRun:
     requests: list[RequestRun]
     wall_s: float = 0.0
     error: str | None = None
-    compile_s: float | None = None  # compiling during this run (None: not attributable)
+    compile_s: float | None = None  # the process's compiling during this run (None: overlapped)
 
     @property
     def num_tokens(self) -> int:

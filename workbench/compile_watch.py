@@ -8,7 +8,8 @@ totals around each engine's run and reports them (`EngineRun.compile_s`), so a c
 not mistaken for a slow one.
 
 - `install()`: registers the listener (once; idempotent; cheap).
-- `totals() -> (events, seconds)`: since `install()`, process-wide (every engine, every thread).
+- `totals() -> (compiles, seconds)`: process-wide (every engine, every thread), counted from
+  `install()`; callers take differences.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
 _BACKEND = EVENTS[-1]
 
 _lock = threading.Lock()
-_installed = False
+# the listener JAX holds; read back from the module's own namespace so that `importlib.reload`
+# (a notebook's autoreload) does not register a second one counting everything twice
+_registered = globals().get("_registered")
 _compiles = 0
 _seconds = 0.0
 
@@ -38,11 +41,11 @@ def _listener(event: str, duration_s: float, **_) -> None:
 
 
 def install() -> None:
-    global _installed
+    global _registered
     with _lock:
-        if not _installed:
+        if _registered is None:
             jax.monitoring.register_event_duration_secs_listener(_listener)
-            _installed = True
+            _registered = _listener
 
 
 def totals() -> tuple[int, float]:

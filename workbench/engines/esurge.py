@@ -23,6 +23,7 @@ map). `stop()` ends the thread, aborts what is left and frees the pages; `start(
 
 from __future__ import annotations
 
+import numbers
 import time
 
 import jax
@@ -85,9 +86,10 @@ class eSurge(BackgroundEngine):  # noqa: N801 - the engine's name
                              f"sharded over {model.mesh.size} (use 'xla')")
         self.attention_kernel = attention_kernel
         compile_cache.configure(compilation_cache)
-        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
+        if (isinstance(page_size, bool) or not isinstance(page_size, numbers.Integral)
+                or page_size < 1):
             raise ValueError(f"page_size must be an int >= 1, got {page_size!r}")
-        self.page_size = page_size
+        self.page_size = page_size = int(page_size)
         accel = _on_accelerator()
         self.max_num_seqs = ((128 if accel else 32) if max_num_seqs is None
                              else check_rows("max_num_seqs", max_num_seqs))
@@ -105,7 +107,7 @@ class eSurge(BackgroundEngine):  # noqa: N801 - the engine's name
             bytes_per_page=PagedKVCache.bytes_per_page(model.config, page_size, model.dtype),
             page_size=page_size, max_model_len=self.max_model_len,
             max_num_seqs=self.max_num_seqs, num_pages=num_pages, kv_cache_memory=kv_cache_memory,
-            kv_cache_fraction=kv_cache_fraction)
+            kv_cache_fraction=kv_cache_fraction, shards=self._kv_shards(model))
         self.token_buckets = token_buckets(self.max_num_batched_tokens)
         self.runner = ESurgeRunner(model, num_pages=self.num_pages, page_size=page_size,
                                    max_num_seqs=self.max_num_seqs,
@@ -113,6 +115,13 @@ class eSurge(BackgroundEngine):  # noqa: N801 - the engine's name
                                    token_buckets=self.token_buckets,
                                    attention_kernel=attention_kernel)
         self._init_core(self._make_scheduler, self.runner)
+
+    @staticmethod
+    def _kv_shards(model: LoadedModel) -> int:
+        """Devices the page pool is split over: a tensor-parallel mesh splits pages over KV
+        heads when they divide (`PagedKVCache.partition_spec`)."""
+        tp = model.mesh.shape["tp"] if model.mesh is not None else 1
+        return tp if model.config.num_key_value_heads % tp == 0 else 1
 
     def _make_scheduler(self) -> ESurgeScheduler:
         kv = KVCacheManager(self.num_pages, self.page_size, self.enable_prefix_caching)

@@ -17,6 +17,7 @@ ValueError naming both sizes, not an allocation that runs the machine out of mem
 
 from __future__ import annotations
 
+import numbers
 import os
 import re
 
@@ -55,14 +56,16 @@ def free_device_bytes(device=None) -> int | None:
     return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
 
 
-def memory_limit(device=None) -> tuple[int, str] | None:
-    """The most bytes a KV cache can take here, and what they are: the free device memory on
-    GPU/TPU, the machine's physical memory on the CPU (None where neither is known)."""
+def memory_limit(device=None) -> tuple[int, str, bool] | None:
+    """The most bytes a KV cache can take here, what they are, and whether that is per device:
+    the free memory of one device on GPU/TPU, the machine's physical memory (every CPU device
+    shares it) on the CPU; None where neither is known."""
     free = free_device_bytes(device)
     if free is not None:
-        return free, "the free device memory"
+        return free, "the free device memory", True
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
+        return (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory",
+                False)
     except (AttributeError, ValueError, OSError):  # no sysconf (Windows)
         return None
 
@@ -90,20 +93,23 @@ def kv_bytes_per_token(cfg, dtype) -> int:
 
 def num_pages_for(*, bytes_per_page: int, page_size: int, max_model_len: int, max_num_seqs: int,
                   num_pages: int | None = None, kv_cache_memory: int | str | None = None,
-                  kv_cache_fraction: float | None = None, device=None) -> int:
-    """The page count for one of the budgets above (see the module docstring)."""
+                  kv_cache_fraction: float | None = None, device=None, shards: int = 1) -> int:
+    """The page count for one of the budgets above (see the module docstring). `shards`: the
+    devices the pool is split over (a tensor-parallel mesh splits pages over KV heads), each
+    holding `1/shards` of it."""
     given = [x is not None for x in (num_pages, kv_cache_memory, kv_cache_fraction)]
     if sum(given) > 1:
         raise ValueError("give at most one of num_pages, kv_cache_memory, kv_cache_fraction")
     one_seq = -(-max_model_len // page_size)
     if num_pages is not None:
-        if isinstance(num_pages, bool) or not isinstance(num_pages, int) or num_pages < 1:
+        if (isinstance(num_pages, bool) or not isinstance(num_pages, numbers.Integral)
+                or num_pages < 1):
             raise ValueError(f"num_pages must be an int >= 1, got {num_pages!r}")
-        pages = num_pages
-        _check_fits(pages * bytes_per_page, f"num_pages={num_pages}", device)
+        pages = int(num_pages)
+        _check_fits(pages * bytes_per_page, f"num_pages={pages}", device, shards)
     elif kv_cache_memory is not None:
         pages = parse_bytes(kv_cache_memory) // bytes_per_page
-        _check_fits(pages * bytes_per_page, f"kv_cache_memory={kv_cache_memory!r}", device)
+        _check_fits(pages * bytes_per_page, f"kv_cache_memory={kv_cache_memory!r}", device, shards)
     else:
         free = free_device_bytes(device)
         if kv_cache_fraction is not None:
@@ -125,8 +131,13 @@ def num_pages_for(*, bytes_per_page: int, page_size: int, max_model_len: int, ma
     return pages
 
 
-def _check_fits(nbytes: int, given: str, device) -> None:
+def _check_fits(nbytes: int, given: str, device, shards: int = 1) -> None:
     limit = memory_limit(device)
-    if limit is not None and nbytes > limit[0]:
-        raise ValueError(f"{given} is a KV cache of {_size(nbytes)}, more than {limit[1]} "
-                         f"({_size(limit[0])}): give a smaller budget")
+    if limit is None:
+        return
+    available, what, per_device = limit
+    need = -(-nbytes // shards) if per_device else nbytes
+    if need > available:
+        each = f" ({_size(need)} per device over {shards})" if per_device and shards > 1 else ""
+        raise ValueError(f"{given} is a KV cache of {_size(nbytes)}{each}, more than {what} "
+                         f"({_size(available)}): give a smaller budget")

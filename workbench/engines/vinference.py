@@ -5,7 +5,8 @@ work); their sequences (n per request) are cut into batches of at most `max_batc
 KV cache fits the KV budget (`kv_cache_memory`, default from `kv_budget.py`). Each batch
 runs to completion: pad to a (batch, prefill length) bucket -> one prefill that samples the first
 token -> a jitted `lax.while_loop` decode over a donated contiguous KV cache, `streaming_chunk`
-steps per dispatch -> the host detokenizes each chunk, applies stop strings and streams deltas.
+steps per dispatch (16 by default, at most `max_model_len`) -> the host detokenizes each chunk,
+applies stop strings and streams deltas.
 The next chunk is dispatched before the host reads the current one (JAX dispatch is asynchronous),
 unless a stop string may end a row early. Each chunk reads only the cached positions its rows can
 see by its last step (`decode_reads.py`: ragged blocks per row by default, or a common prefix).
@@ -70,7 +71,7 @@ class vInference(Engine):
 
     def __init__(self, model: LoadedModel, *, max_batch_size: int = 32,
                  max_model_len: int | None = None, prefill_buckets: tuple[int, ...] | None = None,
-                 batch_buckets: tuple[int, ...] | None = None, streaming_chunk: int = 16,
+                 batch_buckets: tuple[int, ...] | None = None, streaming_chunk: int | None = None,
                  cache_buckets: tuple[int, ...] | None = None, decode_read: str | None = None,
                  block_size: int = 64, block_buckets: tuple[int, ...] | None = None,
                  read_buckets: tuple[int, ...] | None = None, max_waiting: int = 1024,
@@ -81,10 +82,11 @@ class vInference(Engine):
         self._token_bytes = kv_bytes_per_token(model.config, model.dtype)
         max_batch_size = check_rows("max_batch_size", max_batch_size)
         self.max_batch_size = max_batch_size
-        # decode steps per dispatch: a chunk longer than max_model_len could never run to its end
-        # (and its outputs are sized [B, streaming_chunk])
-        self.streaming_chunk = check_count("streaming_chunk", streaming_chunk, self.max_model_len,
-                                           "max_model_len")
+        # decode steps per dispatch (default 16): a chunk longer than max_model_len could never
+        # run to its end (and its outputs are sized [B, streaming_chunk])
+        self.streaming_chunk = (min(16, self.max_model_len) if streaming_chunk is None else
+                                check_count("streaming_chunk", streaming_chunk,
+                                            self.max_model_len, "max_model_len"))
         # Cache lengths are powers of two (few shapes, so few compilations) up to max_model_len.
         self.cache_buckets = tuple(sorted(cache_buckets or pow2_buckets(
             min(128, self.max_model_len), self.max_model_len)))

@@ -75,8 +75,9 @@ class vSurge(BackgroundEngine):  # noqa: N801 - the engine's name
         max_concurrent_prefill = min(check_rows("max_concurrent_prefill", max_concurrent_prefill),
                                      max_concurrent_decodes)
         # a loop longer than max_model_len steps could never run to its end (and sizes [B, steps])
-        self.decode_steps = (default_decode_steps() if decode_steps is None else check_count(
-            "decode_steps", decode_steps, self.max_model_len, "max_model_len"))
+        self.decode_steps = (min(default_decode_steps(), self.max_model_len) if decode_steps is None
+                             else check_count("decode_steps", decode_steps, self.max_model_len,
+                                              "max_model_len"))
         self.max_concurrent_decodes = max_concurrent_decodes
         self.max_concurrent_prefill = max_concurrent_prefill
         if max_prefill_length is not None and max_prefill_length < 1:
