@@ -307,3 +307,27 @@ def test_host_side_imports_no_jax():
             "assert 'jax' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
+
+
+@pytest.mark.parametrize("knob", ["max_num_seqs", "max_num_batched_tokens",
+                                  "max_num_partial_prefills", "max_waiting",
+                                  "long_prefill_token_threshold", "max_running_per_tenant"])
+def test_count_knobs_take_integers_only(knob):
+    """A bool is not a count (True used to pass as 1), a numpy int is."""
+    import numpy as np
+
+    base = dict(max_num_seqs=4, max_num_batched_tokens=64)
+    for bad in (True, 2.0, "3", 0):
+        with pytest.raises(ValueError, match=rf"^{knob} must be "):
+            ESurgeScheduler(KVCacheManager(8, 4), **{**base, knob: bad})
+    ESurgeScheduler(KVCacheManager(8, 4), **{**base, knob: np.int64(3)})
+
+
+def test_the_token_budget_has_a_ceiling():
+    from workbench.engines.buckets import MAX_BATCHED_TOKENS
+
+    ESurgeScheduler(KVCacheManager(8, 4), max_num_seqs=4,
+                    max_num_batched_tokens=MAX_BATCHED_TOKENS)
+    with pytest.raises(ValueError, match=r"^max_num_batched_tokens must be an integer in "
+                                         r"\[1, 1048576\], got 100000000000000000000000$"):
+        ESurgeScheduler(KVCacheManager(8, 4), max_num_seqs=4, max_num_batched_tokens=10**23)

@@ -67,6 +67,11 @@ def pick_bucket(n: int, buckets: Sequence[int]) -> int:
 
 
 
+# The most tokens one eSurge step may be asked to batch (`max_num_batched_tokens`): 16x the
+# largest budgets vLLM users run with; each power of two up to it is a compiled step shape.
+MAX_BATCHED_TOKENS = 1 << 20
+
+
 def token_buckets(max_tokens: int, lo: int = 4) -> tuple[int, ...]:
     """eSurge's token-count buckets up to `max_tokens`: powers of two from `lo`, with the 1.5x
     midpoints from 64 up (a large step pads by at most 1.5x, a small one costs little either

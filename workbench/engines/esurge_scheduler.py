@@ -39,8 +39,9 @@ import collections
 import dataclasses
 import heapq
 import itertools
+import numbers
 
-from workbench.engines.buckets import check_rows
+from workbench.engines.buckets import MAX_BATCHED_TOKENS, check_count, check_rows
 from workbench.engines.kv_cache_manager import KVCacheManager
 from workbench.engines.request import Request
 from workbench.engines.request_queue import make_keyed_queue
@@ -97,20 +98,25 @@ class _Step:
         self.num_partial = 0
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 class ESurgeScheduler:
     def __init__(self, kv: KVCacheManager, *, max_num_seqs: int, max_num_batched_tokens: int,
                  policy: str = "fcfs", long_prefill_token_threshold: int | None = None,
                  max_num_partial_prefills: int = 1, max_waiting: int = 1024,
                  max_running_per_tenant: int | None = None, tenant_fair_share: bool = True):
         max_num_seqs = check_rows("max_num_seqs", max_num_seqs)
-        for name, value in (("max_num_batched_tokens", max_num_batched_tokens),
-                            ("max_num_partial_prefills", max_num_partial_prefills),
+        max_num_batched_tokens = check_count("max_num_batched_tokens", max_num_batched_tokens,
+                                             MAX_BATCHED_TOKENS)
+        for name, value in (("max_num_partial_prefills", max_num_partial_prefills),
                             ("max_waiting", max_waiting)):
-            if not isinstance(value, int) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         for name, value in (("long_prefill_token_threshold", long_prefill_token_threshold),
                             ("max_running_per_tenant", max_running_per_tenant)):
-            if value is not None and (not isinstance(value, int) or value < 1):
+            if value is not None and (not _is_int(value) or value < 1):
                 raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
         self.kv = kv
         self.policy = policy
