@@ -92,15 +92,15 @@ def test_a_pool_given_by_count_or_size_must_fit_the_memory_there_is(monkeypatch)
     """num_pages=10**9 used to be allocated as asked, running the machine out of memory."""
     monkeypatch.setattr(kv_budget, "free_device_bytes", lambda device=None: 100_000)  # a GPU
     assert num_pages_for(**KW, num_pages=100) == 100  # exactly the free memory fits
-    with pytest.raises(ValueError, match=r"^num_pages=101 is a KV cache of 0\.1 MiB, more than "
-                                         r"the free device memory \(0\.1 MiB\)"):
+    with pytest.raises(ValueError, match=r"^num_pages=101 is a KV cache of 98\.6 KiB, more than "
+                                         r"the free device memory \(97\.7 KiB\)"):
         num_pages_for(**KW, num_pages=101)
     with pytest.raises(ValueError, match=r"^kv_cache_memory='1MB' is a KV cache of .* more than "
                                          "the free device memory"):
         num_pages_for(**KW, kv_cache_memory="1MB")
     # a pool split over 2 devices (tensor parallel over KV heads) needs half of it on each
     assert num_pages_for(**KW, num_pages=200, shards=2) == 200
-    with pytest.raises(ValueError, match=r"^num_pages=202 is a KV cache of 0\.2 MiB \(0\.1 MiB "
+    with pytest.raises(ValueError, match=r"^num_pages=202 is a KV cache of 197\.3 KiB \(98\.6 KiB "
                                          r"per device over 2\), more than the free device"):
         num_pages_for(**KW, num_pages=202, shards=2)
     assert num_pages_for(**KW, num_pages=np.int64(64)) == 64  # numpy ints are ints

@@ -13,12 +13,16 @@ from typing import Sequence
 MAX_ROWS = 4096
 
 
+def is_int(value) -> bool:
+    """An integer knob value: any `numbers.Integral` (numpy ints too), never a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_count(name: str, value, hi: int, hi_name: str = "") -> int:
     """`value` as an int in [1, hi]; ValueError naming the knob (and the bound, as `hi_name=hi`
     when given) otherwise: a bool, a float, or 10**25 included, since such a value would
     otherwise size a list or an array first."""
-    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
-            or not 1 <= value <= hi):
+    if not is_int(value) or not 1 <= value <= hi:
         bound = f"{hi_name}={hi}" if hi_name else str(hi)
         raise ValueError(f"{name} must be an integer in [1, {bound}], got {value!r}")
     return int(value)

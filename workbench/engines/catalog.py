@@ -27,6 +27,8 @@ import types
 import typing
 from typing import Any
 
+from workbench.engines.buckets import is_int
+
 # name -> "module:Class"
 ENGINES: dict[str, str] = {
     "vinference": "workbench.engines.vinference:vInference",
@@ -76,7 +78,7 @@ def _is(value: Any, t: type) -> bool:
     if t is bool:
         return isinstance(value, bool)
     if t is int:
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        return is_int(value)
     if t is float:
         return isinstance(value, numbers.Real) and not isinstance(value, bool)
     if t is tuple:

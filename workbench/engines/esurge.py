@@ -23,14 +23,13 @@ map). `stop()` ends the thread, aborts what is left and frees the pages; `start(
 
 from __future__ import annotations
 
-import numbers
 import time
 
 import jax
 
 from workbench import compilation_cache as compile_cache
 from workbench.engines.background import BackgroundEngine
-from workbench.engines.buckets import check_rows, token_buckets
+from workbench.engines.buckets import check_rows, is_int, token_buckets
 from workbench.engines.esurge_runner import ESurgeRunner
 from workbench.engines.esurge_scheduler import ESurgeScheduler
 from workbench.engines.kv_budget import num_pages_for
@@ -86,8 +85,7 @@ class eSurge(BackgroundEngine):  # noqa: N801 - the engine's name
                              f"sharded over {model.mesh.size} (use 'xla')")
         self.attention_kernel = attention_kernel
         compile_cache.configure(compilation_cache)
-        if (isinstance(page_size, bool) or not isinstance(page_size, numbers.Integral)
-                or page_size < 1):
+        if not is_int(page_size) or page_size < 1:
             raise ValueError(f"page_size must be an int >= 1, got {page_size!r}")
         self.page_size = page_size = int(page_size)
         accel = _on_accelerator()

@@ -39,9 +39,13 @@ import collections
 import dataclasses
 import heapq
 import itertools
-import numbers
 
-from workbench.engines.buckets import MAX_BATCHED_TOKENS, check_count, check_rows
+from workbench.engines.buckets import (
+    MAX_BATCHED_TOKENS,
+    check_count,
+    check_rows,
+    is_int,
+)
 from workbench.engines.kv_cache_manager import KVCacheManager
 from workbench.engines.request import Request
 from workbench.engines.request_queue import make_keyed_queue
@@ -98,10 +102,6 @@ class _Step:
         self.num_partial = 0
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 class ESurgeScheduler:
     def __init__(self, kv: KVCacheManager, *, max_num_seqs: int, max_num_batched_tokens: int,
                  policy: str = "fcfs", long_prefill_token_threshold: int | None = None,
@@ -112,11 +112,11 @@ class ESurgeScheduler:
                                              MAX_BATCHED_TOKENS)
         for name, value in (("max_num_partial_prefills", max_num_partial_prefills),
                             ("max_waiting", max_waiting)):
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         for name, value in (("long_prefill_token_threshold", long_prefill_token_threshold),
                             ("max_running_per_tenant", max_running_per_tenant)):
-            if value is not None and (not _is_int(value) or value < 1):
+            if value is not None and (not is_int(value) or value < 1):
                 raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
         self.kv = kv
         self.policy = policy

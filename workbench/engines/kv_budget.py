@@ -17,9 +17,9 @@ ValueError naming both sizes, not an allocation that runs the machine out of mem
 
 from __future__ import annotations
 
-import numbers
-import os
 import re
+
+from workbench.engines.buckets import is_int
 
 DEFAULT_CPU_BYTES = 512 << 20
 DEFAULT_FRACTION = 0.8
@@ -56,22 +56,16 @@ def free_device_bytes(device=None) -> int | None:
     return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
 
 
-def memory_limit(device=None) -> tuple[int, str, bool] | None:
+def memory_limit(device=None) -> tuple[int, str, bool]:
     """The most bytes a KV cache can take here, what they are, and whether that is per device:
     the free memory of one device on GPU/TPU, the machine's physical memory (every CPU device
-    shares it) on the CPU; None where neither is known."""
+    shares it) on the CPU."""
+    from workbench.devices import host_memory_bytes  # imports JAX: this module does not
+
     free = free_device_bytes(device)
     if free is not None:
         return free, "the free device memory", True
-    try:
-        return (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory",
-                False)
-    except (AttributeError, ValueError, OSError):  # no sysconf (Windows)
-        return None
-
-
-def _size(n: int) -> str:
-    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
+    return host_memory_bytes(), "this machine's memory", False
 
 
 def kv_budget_bytes(kv_cache_memory: int | str | None = None, device=None) -> int:
@@ -102,8 +96,7 @@ def num_pages_for(*, bytes_per_page: int, page_size: int, max_model_len: int, ma
         raise ValueError("give at most one of num_pages, kv_cache_memory, kv_cache_fraction")
     one_seq = -(-max_model_len // page_size)
     if num_pages is not None:
-        if (isinstance(num_pages, bool) or not isinstance(num_pages, numbers.Integral)
-                or num_pages < 1):
+        if not is_int(num_pages) or num_pages < 1:
             raise ValueError(f"num_pages must be an int >= 1, got {num_pages!r}")
         pages = int(num_pages)
         _check_fits(pages * bytes_per_page, f"num_pages={pages}", device, shards)
@@ -132,12 +125,12 @@ def num_pages_for(*, bytes_per_page: int, page_size: int, max_model_len: int, ma
 
 
 def _check_fits(nbytes: int, given: str, device, shards: int = 1) -> None:
-    limit = memory_limit(device)
-    if limit is None:
-        return
-    available, what, per_device = limit
+    from workbench.devices import format_bytes  # imports JAX: this module does not
+
+    available, what, per_device = memory_limit(device)
     need = -(-nbytes // shards) if per_device else nbytes
     if need > available:
-        each = f" ({_size(need)} per device over {shards})" if per_device and shards > 1 else ""
-        raise ValueError(f"{given} is a KV cache of {_size(nbytes)}{each}, more than {what} "
-                         f"({_size(available)}): give a smaller budget")
+        each = (f" ({format_bytes(need)} per device over {shards})" if per_device and shards > 1
+                else "")
+        raise ValueError(f"{given} is a KV cache of {format_bytes(nbytes)}{each}, more than "
+                         f"{what} ({format_bytes(available)}): give a smaller budget")
